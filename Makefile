@@ -1,0 +1,34 @@
+# Everything installs from this repository's files into .venv (Python >= 3.10 with venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test export clean-nbs bench readme
+
+$(VENV)/.installed: settings.ini setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# search → pretrain → evaluate on the bundled digits data, on CPU, in a few minutes
+demo: $(VENV)/.installed
+	$(VENV)/bin/nasiam quickstart --out runs/quickstart
+
+# nasiam/ must be exactly what the notebooks export; then the notebook tests and pytest
+test: $(VENV)/.installed
+	$(VENV)/bin/nbdev_export
+	@test -z "$$(git status --porcelain -- nasiam)" || { git status --short -- nasiam; echo "nasiam/ differs from what nbs/ exports: run nbdev_export and commit"; exit 1; }
+	$(VENV)/bin/nbdev_test --n_workers 2
+	$(PY) -m pytest tests -q -ra
+
+export: $(VENV)/.installed
+	$(VENV)/bin/nbdev_export
+
+clean-nbs: $(VENV)/.installed
+	$(VENV)/bin/nbdev_clean
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run.py
+
+readme: $(VENV)/.installed
+	$(VENV)/bin/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README
