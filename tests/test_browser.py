@@ -1,0 +1,134 @@
+"""Real-browser checks of the dashboard: the static report, and live figures in JupyterLab.
+
+Needs Chromium (Debian package `chromium`) and the Python `playwright` package; no downloaded browsers.
+"""
+import json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+
+from nasiam.dashboard import write_demo_run, write_report
+from nasiam.metrics import MetricsWriter
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which('chromium')
+ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+        '--disable-component-update', '--disable-sync']
+try: from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
+except ImportError: sync_playwright = None
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason='chromium not on PATH (apt-get install chromium)'),
+              pytest.mark.skipif(sync_playwright is None, reason='python package playwright not installed')]
+
+# The notebook run live in JupyterLab: one cell drawing a live Dashboard while a run writes records.
+LIVE_NOTEBOOK_CELLS = [
+    "from nasiam.dashboard import Dashboard, write_demo_run\n"
+    "from nasiam.metrics import MetricsWriter",
+    "dash = Dashboard(live=True, every_steps=None, every_seconds=1.0).show()\n"
+    "with MetricsWriter('runs/live/metrics.jsonl', callbacks=[dash]) as writer:\n"
+    "    write_demo_run(writer, epochs=3, steps_per_epoch=60, alpha_every=5, sleep=0.1)\n"
+    "print('run finished')",
+]
+
+
+def live_notebook() -> dict:
+    "The notebook (nbformat 4 JSON) that the live test runs."
+    cells = [dict(cell_type='code', metadata={}, source=src, outputs=[], execution_count=None, id=f'c{i}')
+             for i, src in enumerate(LIVE_NOTEBOOK_CELLS)]
+    return dict(cells=cells, metadata=dict(kernelspec=dict(name='python3', display_name='Python 3 (ipykernel)', language='python')),
+                nbformat=4, nbformat_minor=5)
+
+
+@pytest.fixture
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+PLOTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
+    el => (el.data || []).map(t => ({type: t.type, n: (t.z || t.y || []).length, z: t.z || null})))"""
+
+
+def test_report_renders(tmp_path, browser):
+    with MetricsWriter(tmp_path / 'metrics.jsonl') as w: write_demo_run(w, epochs=2, steps_per_epoch=50)
+    report = write_report(tmp_path)
+    page = browser.new_page(viewport=dict(width=1300, height=1000))
+    page.route(lambda url: not url.startswith('file:'), lambda route: route.abort())  # the page must need no network
+    page.goto(report.as_uri())
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 7", timeout=30_000)
+    plots = page.evaluate(PLOTS_JS)
+    assert len(plots) == 7 and all(plots), plots
+    assert any(t['type'] == 'heatmap' for p in plots for t in p)
+    assert all(t['n'] > 0 for p in plots for t in p)
+    page.screenshot(path=tmp_path / 'report.png', full_page=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    "A JupyterLab server on 127.0.0.1 serving tmp_path/'lab'; yields (base url, token)."
+    (tmp_path / 'lab').mkdir()
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / '.lab-settings'),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / '.lab-workspaces'))
+    jupyter = Path(sys.executable).parent / 'jupyter'
+    server = subprocess.Popen([str(jupyter), 'lab', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
+                               f'--ServerApp.token={token}', '--allow-root', f"--ServerApp.root_dir={tmp_path / 'lab'}",
+                               '--LabApp.news_url=None', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
+                              env=env, cwd=tmp_path / 'lab', stdout=subprocess.DEVNULL, stderr=open(tmp_path / 'lab.log', 'w'))
+    url = f'http://127.0.0.1:{port}'
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=1); break
+            except OSError: time.sleep(0.5)
+        else: pytest.fail(f'JupyterLab did not start; see {tmp_path / "lab.log"}')
+        yield url, token
+    finally:
+        server.terminate()
+        try: server.wait(10)
+        except subprocess.TimeoutExpired: server.kill()
+
+
+HEATMAP_Z_JS = """() => {
+    const plots = Array.from(document.querySelectorAll('.jp-OutputArea .js-plotly-plot'));
+    const heat = plots.find(el => el.data && el.data.length && el.data[0].type === 'heatmap');
+    return heat ? JSON.stringify(heat.data[0].z) : null; }"""
+
+
+TRACE_LENGTHS_JS = """() => Array.from(document.querySelectorAll('.jp-OutputArea .js-plotly-plot')).map(
+    el => (el.data || []).map(t => (t.z || t.y || []).length))"""
+
+
+@pytest.mark.slow
+def test_live_dashboard_in_jupyterlab(tmp_path, browser, jupyter_lab):
+    url, token = jupyter_lab
+    (tmp_path / 'lab' / 'live.ipynb').write_text(json.dumps(live_notebook()))
+    page = browser.new_page(viewport=dict(width=1400, height=1100))
+    page.route(lambda u: not u.startswith('http://127.0.0.1'), lambda route: route.abort())
+    page.goto(f'{url}/lab/tree/live.ipynb?token={token}')
+    page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=60_000)
+    try: page.locator('.jp-Dialog button', has_text='Select').click(timeout=10_000)  # kernel choice, if asked
+    except PlaywrightTimeout: pass
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
+    page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
+    try: page.wait_for_function(f"({HEATMAP_Z_JS})() !== null", timeout=60_000)
+    finally: page.screenshot(path=tmp_path / 'live_waiting.png')
+    z1 = page.evaluate(HEATMAP_Z_JS)
+    time.sleep(4)
+    z2 = page.evaluate(HEATMAP_Z_JS)
+    assert z1 != z2, 'the heatmap did not change while the run was writing records'
+    plots = page.evaluate(TRACE_LENGTHS_JS)
+    assert len(plots) == 7 and all(n > 0 for p in plots for n in p), plots
+    assert all(plots[:6]), plots  # only the accuracy figure waits for the first epoch
+    page.screenshot(path=tmp_path / 'live.png')  # the architecture figures come first
+    page.locator('.jp-OutputArea-output', has_text='run finished').wait_for(timeout=60_000)
+    plots = page.evaluate(TRACE_LENGTHS_JS)
+    assert len(plots) == 7 and all(plots) and all(n > 0 for p in plots for n in p), plots
+    page.screenshot(path=tmp_path / 'live_end.png')
