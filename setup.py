@@ -34,7 +34,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['nasiam', 'nasiam.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'bench': shlex.split(cfg.get('bench_requirements', ''))},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read() if os.path.exists('README.md') else '',

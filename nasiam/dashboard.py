@@ -148,7 +148,7 @@ def write_demo_run(writer: MetricsWriter, # where the records go (its callbacks 
         fields = dict(loss=-0.3 - 0.6 * t, lr=lr, arch_loss=-0.25 - 0.6 * t, arch_lr=1e-3)
         if step % 10 == 0:
             fields.update(z_std=(0.6 + 0.3 * t) / math.sqrt(d), z_std_ref=1 / math.sqrt(d), z_erank=50 + 200 * t,
-                          align=0.8 - 0.5 * t, uniform=-1.0 - 2 * t)
+                          align=0.8 - 0.5 * t, uniform=-1.0 - 2 * t, grad_norm_w=2.0 - t, grad_norm_alpha=0.05 * (1 - 0.5 * t))
         writer.log('step', step=step, epoch=epoch, **fields)
         if step % alpha_every == 0:
             weights = {c: demo_alphas(t, n, i) for i, (c, n) in enumerate(cells.items())}
@@ -248,17 +248,25 @@ def loss_figure(history: RunHistory, # the run so far
 
 def collapse_figure(history: RunHistory, # the run so far
                    ) -> go.Figure:
-    "Feature std of normalised z against its healthy reference 1/sqrt(d), effective rank, alignment and uniformity."
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+    "Feature std of normalised z against 1/sqrt(d), effective rank, alignment/uniformity, gradient norms; collapse alarms as red lines."
+    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.07,
                         subplot_titles=['feature std of normalised z (healthy ≈ 1/sqrt(d), collapsed → 0)',
-                                        'effective rank of z', 'alignment / uniformity (lower is better)'])
+                                        'effective rank of z', 'alignment / uniformity (lower is better)',
+                                        'gradient norms (weights, alphas)'])
     _lines(fig, history, ('z_std',), row=1, col=1)
     steps, ref = history.values('z_std_ref')
     if steps: fig.add_trace(go.Scatter(x=steps, y=ref, mode='lines', name='1/sqrt(d)', line=dict(dash='dash', color='grey')), row=1, col=1)
     _lines(fig, history, ('z_erank',), row=2, col=1)
     _lines(fig, history, ('align', 'uniform'), row=3, col=1)
-    fig.update_layout(title='collapse monitors', height=600)
-    fig.update_xaxes(title_text='step', row=3, col=1)
+    _lines(fig, history, ('grad_norm_w', 'grad_norm_alpha'), row=4, col=1)
+    fig.update_yaxes(type='log', row=4, col=1)
+    for e in history.events:
+        if e.get('event') == 'collapse':
+            fig.add_vline(x=e.get('step'), line=dict(color='red', dash='dot', width=1.5))
+            fig.add_annotation(x=e.get('step'), y=1, xref='x', yref='paper', text='collapse', showarrow=False,
+                               font=dict(color='red'), xanchor='left', yanchor='top')
+    fig.update_layout(title='collapse monitors', height=760)
+    fig.update_xaxes(title_text='step', row=4, col=1)
     return fig
 
 def accuracy_figure(history: RunHistory, # the run so far

@@ -75,34 +75,43 @@ def collapse_metrics(z1: torch.Tensor, # (n, d) projector outputs of one view
 
 # %% ../nbs/07_metrics.ipynb #c016
 class CollapseDetector:
-    "Watches `z_std` (and optionally the loss) and reports a collapse once, as a one-line message."
+    "Watches `z_std`, the effective rank and the loss, and reports a collapse once, as a one-line message."
     def __init__(self,
                  ratio: float=0.1, # fire when z_std < ratio / sqrt(d) ...
                  patience: int=5, # ... for this many consecutive measurements
                  loss_tol: float=1e-3, # a loss within this of its floor counts as collapsed
+                 rank_ratio: float=0.25, # fire when the effective rank stays below this share of its first value
                 ):
         if ratio <= 0: raise ValueError(f"ratio={ratio} must be positive (a fraction of 1/sqrt(d), e.g. 0.1).")
         if patience < 1: raise ValueError(f"patience={patience} must be an integer >= 1.")
-        self.ratio, self.patience, self.loss_tol = ratio, patience, loss_tol
-        self.low_std, self.at_floor, self.fired = 0, 0, False
+        if not 0 < rank_ratio < 1: raise ValueError(f"rank_ratio={rank_ratio} must lie strictly between 0 and 1.")
+        self.ratio, self.patience, self.loss_tol, self.rank_ratio = ratio, patience, loss_tol, rank_ratio
+        self.low_std, self.at_floor, self.low_rank, self.rank0, self.fired = 0, 0, 0, None, False
 
     def update(self,
                z_std: float, # latest feature std of the normalised embeddings
                d: int, # embedding dimension
                loss: float|None=None, # latest loss
                loss_floor: float|None=None, # the loss's minimum, reached only by collapse (SimSiam: -1)
+               erank: float|None=None, # latest effective rank of the embeddings
               ) -> str|None:
         "Feed one measurement; returns the collapse message the first time collapse is seen, else None."
         threshold = self.ratio * std_reference(d)
         self.low_std = self.low_std + 1 if z_std < threshold else 0
         near_floor = loss is not None and loss_floor is not None and abs(loss - loss_floor) <= self.loss_tol
         self.at_floor = self.at_floor + 1 if near_floor else 0
+        if erank is not None:
+            if self.rank0 is None: self.rank0 = erank
+            self.low_rank = self.low_rank + 1 if erank < self.rank_ratio * self.rank0 else 0
         if self.fired: return None
         if self.low_std >= self.patience:
             msg = (f"collapse: z_std {z_std:.2e} below {threshold:.2e} ({self.ratio} x 1/sqrt({d})) "
                    f"for {self.low_std} measurements")
         elif self.at_floor >= self.patience:
             msg = f"collapse: loss {loss:.4f} at its floor {loss_floor} for {self.at_floor} measurements"
+        elif self.low_rank >= self.patience:
+            msg = (f"collapse: effective rank {erank:.1f} below {self.rank_ratio} x its first value {self.rank0:.1f} "
+                   f"for {self.low_rank} measurements")
         else: return None
         self.fired = True
         return msg

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['PRIMITIVES', 'NON_PARAMETRIC', 'OpFactory', 'PUBLISHED', 'DEDUP', 'SPACES', 'OPS', 'FeaturePool', 'linear_bn_act',
-           'SearchSpace', 'get_space', 'MixedLayer', 'SearchCell', 'derive_ops', 'FixedLayer', 'FixedCell']
+           'SearchSpace', 'get_space', 'linear_parts', 'fusable_groups', 'fused_linear_bn', 'MixedLayer', 'set_fused',
+           'SearchCell', 'derive_ops', 'FixedLayer', 'FixedCell']
 
 # %% ../nbs/00_ops.ipynb #c002
 import copy
@@ -110,18 +111,80 @@ def get_space(space:str|SearchSpace='published') -> SearchSpace:
     return SPACES[space]
 
 # %% ../nbs/00_ops.ipynb #c020
+def linear_parts(op:nn.Module) -> tuple|None:
+    "`(linear, batchnorm or None, rest)` when `op` begins with a Linear map (optionally → BatchNorm1d), else None."
+    if isinstance(op, nn.Linear): return op, None, []
+    if not isinstance(op, nn.Sequential) or len(op) == 0: return None
+    head, rest = op[0], list(op)[1:]
+    if isinstance(head, nn.Sequential):  # an adapter in front of a non-parametric op
+        inner = linear_parts(head)
+        return None if inner is None else (inner[0], inner[1], inner[2] + rest)
+    if not isinstance(head, nn.Linear): return None
+    if rest and isinstance(rest[0], nn.BatchNorm1d): return head, rest[0], rest[1:]
+    return head, None, rest
+
+def _bn_key(bn):
+    if bn is None: return None
+    if not (bn.affine and bn.track_running_stats) or bn.momentum is None: return 'unfusable'
+    return (bn.eps, bn.momentum, bn.training)
+
+def fusable_groups(ops:Sequence[nn.Module]) -> list:
+    "Indices of the ops that begin with a Linear map of one kind (bias, BatchNorm settings): each group of two or more can share one matmul."
+    groups = {}
+    for k, op in enumerate(ops):
+        parts = linear_parts(op)
+        if parts is None: continue
+        lin, bn, _ = parts
+        key = (lin.bias is not None, lin.in_features, lin.out_features, _bn_key(bn))
+        if key[-1] != 'unfusable': groups.setdefault(key, []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
+
+def fused_linear_bn(x:torch.Tensor, parts:Sequence[tuple]) -> list:
+    "Apply several `(linear, batchnorm or None, rest)` ops of one kind to `x` with one matmul and one BatchNorm call."
+    lins, bns = [p[0] for p in parts], [p[1] for p in parts]
+    bias = torch.cat([l.bias for l in lins]) if lins[0].bias is not None else None
+    y = F.linear(x, torch.cat([l.weight for l in lins]), bias)
+    if bns[0] is not None:
+        bn = bns[0]
+        # statistics are per channel, so one BatchNorm over the stacked channels is one BatchNorm per op;
+        # the running statistics are updated in a stacked copy, then written back to each op's own buffers
+        mean, var = torch.cat([b.running_mean for b in bns]), torch.cat([b.running_var for b in bns])
+        y = F.batch_norm(y, mean, var, torch.cat([b.weight for b in bns]), torch.cat([b.bias for b in bns]),
+                         bn.training, bn.momentum, bn.eps)
+        if bn.training:
+            with torch.no_grad():
+                for b, m, v in zip(bns, mean.chunk(len(bns)), var.chunk(len(bns))):
+                    b.running_mean.copy_(m); b.running_var.copy_(v); b.num_batches_tracked.add_(1)
+    outs = []
+    for chunk, (_, _, rest) in zip(y.chunk(len(parts), dim=1), parts):
+        for m in rest: chunk = m(chunk)
+        outs.append(chunk)
+    return outs
+
+# %% ../nbs/00_ops.ipynb #c022
 class MixedLayer(nn.Module):
     "One searched edge: every candidate op, mixed by a weight vector."
-    def __init__(self, in_dim:int, out_dim:int, space:str|SearchSpace='published'):
+    def __init__(self, in_dim:int, out_dim:int, space:str|SearchSpace='published',
+                 fused:bool=True): # compute same-shape Linear candidates in one matmul (same result)
         super().__init__()
-        self.in_dim, self.out_dim = in_dim, out_dim
+        self.in_dim, self.out_dim, self.fused = in_dim, out_dim, fused
         self.ops = nn.ModuleList(get_space(space).build(op, in_dim, out_dim) for op in get_space(space).primitives)
 
     def forward(self, x, weights):
         "`weights`: one weight per op (a softmax row)."
-        return sum(w * op(x) for w, op in zip(weights, self.ops))
+        if not self.fused: return sum(w * op(x) for w, op in zip(weights, self.ops))
+        outs = [None] * len(self.ops)
+        for group in fusable_groups(self.ops):
+            for k, y in zip(group, fused_linear_bn(x, [linear_parts(self.ops[k]) for k in group])): outs[k] = y
+        return sum(w * (y if y is not None else op(x)) for w, y, op in zip(weights, outs, self.ops))
 
-# %% ../nbs/00_ops.ipynb #c021
+def set_fused(module:nn.Module, fused:bool=True) -> nn.Module:
+    "Switch every MixedLayer inside `module` to the fused (or the straightforward) form."
+    for m in module.modules():
+        if isinstance(m, MixedLayer): m.fused = fused
+    return module
+
+# %% ../nbs/00_ops.ipynb #c027
 def _check_dims(dims):
     if len(dims) < 2 or any(int(d) < 1 for d in dims):
         raise ValueError(f"a cell needs at least two positive widths (input, output), got {list(dims)}")
@@ -131,11 +194,12 @@ class SearchCell(nn.Module):
     def __init__(self,
                  dims:Sequence[int], # widths [in, hidden..., out]: one layer per consecutive pair
                  space:str|SearchSpace='published', # the candidate-op table
-                 own_alphas:bool=True): # False: alphas are always passed to `forward` (a MoCo key encoder)
+                 own_alphas:bool=True, # False: alphas are always passed to `forward` (a MoCo key encoder)
+                 fused:bool=True): # the fused form of the mixed layers (same result)
         super().__init__()
         _check_dims(dims)
         self.space, self.dims = get_space(space), list(dims)
-        self.layers = nn.ModuleList(MixedLayer(i, o, self.space) for i, o in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(MixedLayer(i, o, self.space, fused) for i, o in zip(dims[:-1], dims[1:]))
         if own_alphas: self.alphas = nn.Parameter(torch.zeros(len(self.layers), len(self.space.primitives)))
         else: self.alphas = None
 
@@ -154,7 +218,7 @@ class SearchCell(nn.Module):
         "Per layer, the op of largest weight ('sparse') or the two largest ('edge')."
         return derive_ops(self.alphas, self.primitives, mode)
 
-# %% ../nbs/00_ops.ipynb #c022
+# %% ../nbs/00_ops.ipynb #c028
 def derive_ops(alphas:torch.Tensor, # (layers, ops) architecture weights
                primitives:Sequence[str]=PRIMITIVES,
                mode:str='sparse') -> list:
@@ -166,7 +230,7 @@ def derive_ops(alphas:torch.Tensor, # (layers, ops) architecture weights
     order = torch.sort(w, dim=-1, descending=True, stable=True).indices[:, :k]
     return [[primitives[int(j)] for j in row] for row in order]
 
-# %% ../nbs/00_ops.ipynb #c024
+# %% ../nbs/00_ops.ipynb #c030
 class FixedLayer(nn.Module):
     "One derived edge: the sum of its chosen ops (one op for a 'sparse' genotype, two for 'edge')."
     def __init__(self, in_dim:int, out_dim:int, ops:Sequence[str], space:str|SearchSpace='published'):

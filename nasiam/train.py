@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['RunConfig', 'validate', 'resolve_device', 'resolve_precision', 'seed_everything', 'atomic_write_text', 'atomic_save',
-           'load_checkpoint', 'NonFiniteLoss', 'Run', 'search', 'pretrain', 'model_from_checkpoint', 'evaluate_model',
-           'evaluate_run']
+           'remove_stale_temporaries', 'load_checkpoint', 'NonFiniteLoss', 'Run', 'search', 'pretrain',
+           'model_from_checkpoint', 'evaluate_model', 'evaluate_run']
 
 # %% ../nbs/08_train.ipynb #c002
 import dataclasses, json, math, os, random, time
@@ -61,6 +61,7 @@ class RunConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
     on_nan: str = 'stop'  # 'stop' or 'skip' a step whose loss is not finite
     seed: int = 0
+    deterministic: bool = False  # CUDA: deterministic cuDNN kernels, no autotuning (CPU runs are deterministic anyway)
     device: str = 'auto'  # auto, cpu, cuda, cuda:N
     precision: str = 'auto'  # auto, fp32, bf16, fp16
     channels_last: bool|None = None  # default: on CUDA
@@ -133,17 +134,29 @@ def seed_everything(seed:int):
     random.seed(seed); torch.manual_seed(seed)
 
 # %% ../nbs/08_train.ipynb #c013
+def _fault(point:str):
+    "Fault injection for the crash tests: SIGKILL this process at `point` when NASIAM_FAULT names it."
+    if os.environ.get('NASIAM_FAULT') == point:
+        import signal; os.kill(os.getpid(), signal.SIGKILL)
+
+def _tmp_name(path:Path) -> Path: return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
 def atomic_write_text(path, text:str):
     "Write `text` to `path` through a temporary file and a rename."
-    path = Path(path); tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    path = Path(path); tmp = _tmp_name(path)
     with open(tmp, 'w', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
     os.replace(tmp, path)
 
 def atomic_save(obj, path):
     "torch.save `obj` to `path` through a temporary file and a rename."
-    path = Path(path); tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    path = Path(path); tmp = _tmp_name(path)
     with open(tmp, 'wb') as f: torch.save(obj, f); f.flush(); os.fsync(f.fileno())
+    _fault('before-rename')
     os.replace(tmp, path)
+
+def remove_stale_temporaries(folder):
+    "Delete the temporary files a killed writer left in `folder`."
+    for p in Path(folder).glob('.*.tmp*'): p.unlink(missing_ok=True)
 
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Load a checkpoint written by a run (weights only: no code is unpickled)."
@@ -180,17 +193,26 @@ class Run:
         self.device = resolve_device(self.c.device)
         self.amp_dtype = resolve_precision(self.c.precision, self.device)
         self.channels_last = self.device.type == 'cuda' if self.c.channels_last is None else self.c.channels_last
-        if self.device.type == 'cuda': torch.backends.cudnn.benchmark = True
+        if self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = not self.c.deterministic
+            torch.backends.cudnn.deterministic = self.c.deterministic
+            if not self.c.deterministic: torch.set_float32_matmul_precision('high')  # TF32 matmuls for fp32 runs
         seed_everything(self.c.seed)
         self.data = data if data is not None else load_dataset(self.c.dataset, self.c.data_dir, self.c.download, self.c.image_size)
         self._split()
         self._build()
-        if self.main: self._claim_dir(resume, force)  # only once data and model are known to be good
-        self.step, self.epoch = 0, 0
-        self.best_val = -1.0
-        self.history_genotype = None
+        self.step, self.epoch, self.best_val, self.alpha_grad_norm = 0, 0, -1.0, None
+        resuming = resume and ck_path.is_file()
+        if resuming: self._load_state(load_checkpoint(ck_path), ck_path)
+        # Only now, with data, model and checkpoint known to be good, is anything written.
+        if self.main:
+            self._claim_dir(resume, force)
+            remove_stale_temporaries(self.out)
+            metrics = self.out / 'metrics.jsonl'
+            # no duplicated steps: drop what was logged after the checkpoint (or everything, without one)
+            if resume and metrics.is_file(): truncate_after(metrics, self.step if resuming else -1)
         self.writer = MetricsWriter(self.out / 'metrics.jsonl', callbacks) if self.main else None
-        if resume and ck_path.is_file(): self._resume(ck_path)
+        if resuming: self.log('event', event='resume', message=f"resumed at step {self.step} (epoch {self.epoch})")
         else:
             self.log('config', config=asdict(self.c), primitives=list(self._primitives()), world_size=self.world)
             self.log('event', event='start', message=f"{self.c.mode} {self.c.framework} on {self.c.dataset} ({self.device}, {self.amp_dtype})")
@@ -202,7 +224,8 @@ class Run:
         if cfg.exists() and not (resume or force):
             raise ValueError(f"run directory {str(self.out)!r} already holds a run; pass --resume to continue it or --force to start over")
         if cfg.exists() and resume:
-            old = json.loads(cfg.read_text())
+            try: old = json.loads(cfg.read_text())
+            except ValueError: raise ValueError(f"{str(cfg)!r} is not valid JSON; start over with --force") from None
             for k in ('mode', 'framework', 'backbone', 'dataset', 'heads', 'genotype', 'space'):
                 if old.get(k) != getattr(self.c, k):
                     raise ValueError(f"cannot resume {str(self.out)!r}: it holds a run with {k}={old.get(k)!r}, not {getattr(self.c, k)!r}")
@@ -243,6 +266,7 @@ class Run:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         else: self.ddp = self.model
         self.forward = torch.compile(self.ddp) if c.compile else self.ddp
+        self.arch_forward = torch.compile(self.model) if c.compile else self.model
         self.steps_per_epoch = len(self.weight_stream)
         self.total_steps = c.epochs * self.steps_per_epoch
         self.w_opt, self.w_sched = self._weight_optimizer()
@@ -280,6 +304,8 @@ class Run:
     def log_alphas(self):
         cells = self.model.search_cells()
         if not cells: return
+        if not all(torch.isfinite(c.alphas).all() for c in cells.values()):
+            self._bad_step('architecture', float('nan'), what='alphas')
         g = self.model.genotype(self.c.derive)
         self.log('alphas', ops=list(self._primitives()),
                  cells={n: c.weights().detach().float().cpu() for n, c in cells.items()},
@@ -301,14 +327,15 @@ class Run:
     def save(self):
         if self.main: atomic_save(self.state(), self.out / 'checkpoint.pt')
 
-    def _resume(self, path):
-        ck = load_checkpoint(path)
+    def _load_state(self, ck, path):
+        "Restore the full training state of a checkpoint (nothing is written)."
         for k in ('framework', 'backbone', 'heads', 'mode'):
             if ck['config'].get(k) != getattr(self.c, k):
                 raise ValueError(f"checkpoint {str(path)!r} is from a run with {k}={ck['config'].get(k)!r}, not {getattr(self.c, k)!r}")
-        try: self.model.load_state_dict(ck['model'])
-        except RuntimeError: raise ValueError(f"checkpoint {str(path)!r} does not fit this model (another backbone or head?)") from None
-        self.w_opt.load_state_dict(ck['w_opt']); self.w_sched.load_state_dict(ck['w_sched'])
+        try:
+            self.model.load_state_dict(ck['model'])
+            self.w_opt.load_state_dict(ck['w_opt']); self.w_sched.load_state_dict(ck['w_sched'])
+        except (RuntimeError, ValueError, KeyError): raise ValueError(f"checkpoint {str(path)!r} does not fit this model (another backbone or head?)") from None
         if self.a_opt and ck['a_opt']: self.a_opt.load_state_dict(ck['a_opt'])
         self.scaler.load_state_dict(ck['scaler'])
         self.weight_stream.load_state_dict(ck['weight_stream'])
@@ -320,11 +347,6 @@ class Run:
         random.setstate((3, tuple(r['python']), None))
         self.step, self.epoch, self.best_val = ck['step'], ck['epoch'], ck['best_val']
         vars(self.detector).update(ck['detector'])
-        if self.main:
-            self.writer.close()
-            truncate_after(self.out / 'metrics.jsonl', self.step)
-            self.writer = MetricsWriter(self.out / 'metrics.jsonl', self.writer.callbacks)
-        self.log('event', event='resume', message=f"resumed at step {self.step} (epoch {self.epoch})")
 
     # -- steps -----------------------------------------------------------------------------------
     def _autocast(self):
@@ -332,7 +354,7 @@ class Run:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _views(self, idx):
-        x = self.images[idx.to(self.device)]
+        x = self.images[idx.to(self.device, non_blocking=True)]
         v1, v2 = self.augment(x, self.aug_gen)
         if self.channels_last: v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
         return v1, v2
@@ -343,25 +365,28 @@ class Run:
         horizon = c.reg_ratio * self.total_steps
         return c.alpha_l1 * max(0.0, 1 - self.step / horizon) if horizon > 0 else 0.0
 
-    def arch_step(self, idx) -> float:
+    def arch_step(self, idx) -> torch.Tensor:
         "One alpha update on a batch of the architecture split; the weights, key encoder and queue stay put."
         alphas = self.model.arch_parameters()
         v1, v2 = self._views(idx)
         with self._autocast():
-            loss = self.model(v1, v2, update_state=False, backbone_grad=False)['loss']
+            loss = self.arch_forward(v1, v2, update_state=False, backbone_grad=False)['loss']
         coef = self._l1_coef()
         if coef:
             cols = [self._primitives().index(p) for p in NON_PARAMETRIC]
             loss = loss + coef * sum(a[:, cols].abs().sum() for a in alphas)
         grads = torch.autograd.grad(self.scaler.scale(loss) if self.scaler.is_enabled() else loss, alphas)
         if self.scaler.is_enabled(): grads = [g / self.scaler.get_scale() for g in grads]
+        self.alpha_grad_norm = None
         if self.world > 1:  # identical alphas on every rank: average their gradients
             for g in grads: dist.all_reduce(g); g.div_(self.world)
-        if not all(torch.isfinite(g).all() for g in grads) or not torch.isfinite(loss):
+        # one host-device synchronisation per step: the loss and every gradient checked at once
+        if not torch.isfinite(torch.stack([loss.detach().float(), *(g.float().sum() for g in grads)])).all():
             return self._bad_step('architecture', loss)
         for a, g in zip(alphas, grads): a.grad = g.to(a.dtype)
+        self.alpha_grad_norm = grad_norm(alphas) if (self.step + 1) % self.c.monitor_every == 0 or self.step == 0 else None
         self.a_opt.step(); self.a_opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.detach()
 
     def weight_step(self, idx) -> dict:
         "One weight update on a batch of the weight split."
@@ -375,10 +400,10 @@ class Run:
         for a in self.model.arch_parameters(): a.grad = None  # the weight step's alpha gradients are not used
         return out
 
-    def _bad_step(self, which, loss):
-        msg = f"non-finite {which} loss ({loss.item()}) at step {self.step}, epoch {self.epoch}"
+    def _bad_step(self, which, loss, what='loss'):
+        msg = f"non-finite {which} {what} ({float(loss)}) at step {self.step + 1}, epoch {self.epoch + 1}"
         self.log('event', event='nan', message=msg)
-        if self.c.on_nan == 'skip': self.w_opt.zero_grad(set_to_none=True); return float('nan')
+        if self.c.on_nan == 'skip' and what == 'loss': self.w_opt.zero_grad(set_to_none=True); return torch.tensor(float('nan'))
         raise NonFiniteLoss(msg + "; the last good checkpoint is kept (rerun with --resume, or --on-nan skip)")
 
     # -- monitoring ------------------------------------------------------------------------------
@@ -388,8 +413,9 @@ class Run:
         if self.step % self.c.monitor_every == 0 or self.step == 1:
             m = collapse_metrics(out['z1'], out['z2'])
             rec.update(m, grad_norm_w=grad_norm(self.model.weight_parameters()))
+            if self.alpha_grad_norm is not None: rec['grad_norm_alpha'] = self.alpha_grad_norm
             floor = -1.0 if self.c.framework == 'simsiam' else None
-            msg = self.detector.update(m['z_std'], out['z1'].shape[1], loss, floor)
+            msg = self.detector.update(m['z_std'], out['z1'].shape[1], loss, floor, m['z_erank'])
             if msg: self.log('event', event='collapse', message=msg)
         self.log('step', **rec)
 
@@ -418,9 +444,10 @@ class Run:
                 out = self.weight_step(idx)
                 self.step += 1; bar.update()
                 if out is None: continue
-                if self.step % c.log_every == 0 or self.step == 1:
+                # a step is logged every log_every steps, and whenever collapse metrics are measured
+                if self.step % c.log_every == 0 or self.step % c.monitor_every == 0 or self.step == 1:
                     loss = out['loss'].item(); losses.append(loss)
-                    self._monitor(out, loss, arch_loss)
+                    self._monitor(out, loss, None if arch_loss is None else arch_loss.item())
                     bar.set_postfix(loss=f"{loss:.4f}")
                     if searching: self.log_alphas()
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.weight_stream.position < self.steps_per_epoch:

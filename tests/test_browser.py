@@ -2,12 +2,14 @@
 
 Needs Chromium (Debian package `chromium`) and the Python `playwright` package; no downloaded browsers.
 """
-import json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import contextlib, io, json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 
+from nasiam.cli import main as nasiam_main
 from nasiam.dashboard import write_demo_run, write_report
-from nasiam.metrics import MetricsWriter
+from nasiam.metrics import MetricsWriter, read_metrics
+from nasiam.train import search
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which('chromium')
@@ -18,14 +20,14 @@ except ImportError: sync_playwright = None
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason='chromium not on PATH (apt-get install chromium)'),
               pytest.mark.skipif(sync_playwright is None, reason='python package playwright not installed')]
 
-# The notebook run live in JupyterLab: one cell drawing a live Dashboard while a run writes records.
+# The notebook run live in JupyterLab: a live Dashboard drawn while a short real CPU search writes its records.
 LIVE_NOTEBOOK_CELLS = [
-    "from nasiam.dashboard import Dashboard, write_demo_run\n"
-    "from nasiam.metrics import MetricsWriter",
-    "dash = Dashboard(live=True, every_steps=None, every_seconds=1.0).show()\n"
-    "with MetricsWriter('runs/live/metrics.jsonl', callbacks=[dash]) as writer:\n"
-    "    write_demo_run(writer, epochs=3, steps_per_epoch=60, alpha_every=5, sleep=0.1)\n"
-    "print('run finished')",
+    "from nasiam.train import search\n"
+    "from nasiam.dashboard import Dashboard",
+    "dash = Dashboard(live=True, every_steps=1, every_seconds=1.0).show()\n"
+    "res = search(out='runs/live', epochs=1, batch_size=64, dataset='digits', backbone='resnet_mini', device='cpu',\n"
+    "             log_every=1, knn_k=20, force=True, callbacks=[dash], progress=False)\n"
+    "print('run finished', res['genotype'])",
 ]
 
 
@@ -49,18 +51,40 @@ PLOTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map
     el => (el.data || []).map(t => ({type: t.type, n: (t.z || t.y || []).length, z: t.z || null})))"""
 
 
-def test_report_renders(tmp_path, browser):
-    with MetricsWriter(tmp_path / 'metrics.jsonl') as w: write_demo_run(w, epochs=2, steps_per_epoch=50)
-    report = write_report(tmp_path)
+def open_report(browser, report: Path, n_plots: int, screenshot: Path) -> list:
+    "Open a report offline in Chromium, wait for its figures to be drawn, screenshot it; returns its traces."
     page = browser.new_page(viewport=dict(width=1300, height=1000))
     page.route(lambda url: not url.startswith('file:'), lambda route: route.abort())  # the page must need no network
     page.goto(report.as_uri())
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 7", timeout=30_000)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_plots}", timeout=30_000)
     plots = page.evaluate(PLOTS_JS)
-    assert len(plots) == 7 and all(plots), plots
+    page.screenshot(path=screenshot, full_page=True)
+    assert len(plots) == n_plots and all(plots), plots
     assert any(t['type'] == 'heatmap' for p in plots for t in p)
-    assert all(t['n'] > 0 for p in plots for t in p)
-    page.screenshot(path=tmp_path / 'report.png', full_page=True)
+    assert all(t['n'] > 0 for p in plots for t in p), plots
+    return plots
+
+
+def test_report_renders(tmp_path, browser):
+    with MetricsWriter(tmp_path / 'metrics.jsonl') as w: write_demo_run(w, epochs=2, steps_per_epoch=50)
+    open_report(browser, write_report(tmp_path), 7, tmp_path / 'report.png')
+
+
+@pytest.mark.slow
+def test_cli_report_of_real_search(tmp_path, browser, digits):
+    run = tmp_path / 'search'
+    search(out=run, epochs=1, batch_size=128, dataset='digits', backbone='resnet_mini', device='cpu', log_every=1,
+           knn_k=20, progress=False, data=digits)
+    (run / 'report.html').unlink()  # the run wrote one; the command must write it again
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout): assert nasiam_main(['report', str(run)]) == 0
+    report = Path(stdout.getvalue().strip())
+    assert report == run / 'report.html' and report.is_file()
+    plots = open_report(browser, report, 7, tmp_path / 'cli_report.png')  # 2 cells x (heatmap, trajectories), loss, collapse, accuracy
+    records = read_metrics(run / 'metrics.jsonl')
+    steps = [r for r in records if r['kind'] == 'step']
+    assert len(plots[0][0]['z']) == 6 and steps[-1]['step'] == len(steps)  # projector heatmap: 6 layers; one record per step
+    assert any(r['kind'] == 'epoch' and r.get('val_knn_top1') is not None for r in records)
 
 
 def free_port() -> int:
@@ -121,14 +145,17 @@ def test_live_dashboard_in_jupyterlab(tmp_path, browser, jupyter_lab):
     try: page.wait_for_function(f"({HEATMAP_Z_JS})() !== null", timeout=60_000)
     finally: page.screenshot(path=tmp_path / 'live_waiting.png')
     z1 = page.evaluate(HEATMAP_Z_JS)
-    time.sleep(4)
+    page.wait_for_function(f"({HEATMAP_Z_JS})() !== {json.dumps(z1)}", timeout=60_000)  # the next alpha records arrive
     z2 = page.evaluate(HEATMAP_Z_JS)
-    assert z1 != z2, 'the heatmap did not change while the run was writing records'
+    running = page.locator('.jp-OutputArea-output', has_text='run finished').count() == 0
+    assert z1 != z2 and running, 'the heatmap did not change while the search was running'
     plots = page.evaluate(TRACE_LENGTHS_JS)
     assert len(plots) == 7 and all(n > 0 for p in plots for n in p), plots
     assert all(plots[:6]), plots  # only the accuracy figure waits for the first epoch
     page.screenshot(path=tmp_path / 'live.png')  # the architecture figures come first
-    page.locator('.jp-OutputArea-output', has_text='run finished').wait_for(timeout=60_000)
+    page.locator('.jp-OutputArea-output', has_text='run finished').wait_for(timeout=240_000)
     plots = page.evaluate(TRACE_LENGTHS_JS)
     assert len(plots) == 7 and all(plots) and all(n > 0 for p in plots for n in p), plots
-    page.screenshot(path=tmp_path / 'live_end.png')
+    page.screenshot(path=tmp_path / 'live_end.png', full_page=True)
+    records = read_metrics(tmp_path / 'lab' / 'runs' / 'live' / 'metrics.jsonl')
+    assert [r['event'] for r in records if r['kind'] == 'event'] == ['start', 'end']

@@ -1,0 +1,281 @@
+"""Throughput and peak memory of the data pipeline, the search and pretraining steps, and comparisons with kornia and lightly.
+
+    python benchmarks/run.py [--quick] [--json] [--device auto|cpu|cuda]
+
+Timings are the best of a few interleaved repetitions (the least disturbed by other processes), after a warm-up.
+Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU, the growth of the process's resident set
+during the timed calls, sampled every 2 ms (torch's CPU allocations are invisible to tracemalloc).
+"""
+import argparse, contextlib, copy, ctypes, gc, json, os, platform, sys, tempfile, threading, time
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from nasiam.data import ImageData, TwoViewAugment, torchvision_two_view_transform, MEAN_STD
+from nasiam.backbones import build_backbone
+from nasiam.frameworks import FRAMEWORKS, HEAD_DEFAULTS, MINI_HEAD_DEFAULTS
+from nasiam.ops import SearchCell, set_fused
+from nasiam.train import Run, RunConfig
+
+TARGETS = {'augment_speedup': 5.0, 'arch_step_fraction': 0.6, 'lightly_ratio': 1.0}
+MEAN, STD = MEAN_STD['cifar10']
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+def _sync(device):
+    if device.type == 'cuda': torch.cuda.synchronize(device)
+
+def _rss():
+    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+def _trim():
+    gc.collect()
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)  # hand freed memory back, so the baseline is honest
+    except OSError: pass
+
+class PeakMemory:
+    "Peak memory (MiB) used inside the block: CUDA allocator peak, or sampled RSS growth on the CPU."
+    def __init__(self, device): self.device, self.mib = device, float('nan')
+    def __enter__(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device); torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        elif Path('/proc/self/statm').exists():
+            _trim(); self.base = self.peak = _rss(); self.stop = threading.Event()
+            def sample():
+                while not self.stop.wait(0.002): self.peak = max(self.peak, _rss())
+            self.thread = threading.Thread(target=sample, daemon=True); self.thread.start()
+        return self
+    def __exit__(self, *exc):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        elif hasattr(self, 'thread'):
+            self.stop.set(); self.thread.join(); self.peak = max(self.peak, _rss())
+            self.mib = (self.peak - self.base) / 2**20
+
+def log(*a): print(*a, file=sys.stderr, flush=True)
+
+def compare(fns:dict, device, reps:int, warmup:int=1) -> dict:
+    "Best time (s) and peak memory (MiB) of each zero-argument function, run round-robin so load drift hits all alike."
+    log('  timing', ', '.join(fns))
+    for f in fns.values():
+        for _ in range(warmup): f()
+    times = {k: [] for k in fns}
+    mem = {k: float('nan') for k in fns}
+    for r in range(reps):
+        for k, f in fns.items():
+            with PeakMemory(device) as pm:
+                _sync(device); t = time.perf_counter(); f(); _sync(device)
+                times[k].append(time.perf_counter() - t)
+            mem[k] = pm.mib if r == 0 else max(mem[k], pm.mib)
+    return {k: (min(v), mem[k]) for k, v in times.items()}
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def load_images(n):
+    "n CIFAR-10 images (uint8, N x 3 x 32 x 32) from ../shared/data/cifar10-subset when present, else noise."
+    root = ROOT.parent / 'shared' / 'data' / 'cifar10-subset' / 'train'
+    if root.is_dir():
+        from PIL import Image
+        files = sorted(root.glob('*/*.jpg'))[::max(1, 5000 // n)][:n]
+        if len(files) == n:
+            arr = np.stack([np.asarray(Image.open(f).convert('RGB')) for f in files])
+            return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), 'cifar10-subset'
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), 'random pixels'
+
+class _PILSet(torch.utils.data.Dataset):
+    def __init__(self, images, transform): self.images, self.transform = images, transform
+    def __len__(self): return len(self.images)
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.images[i].permute(1, 2, 0).numpy()))
+
+def kornia_two_views(batch:int):
+    "The SPEC CIFAR recipe in kornia.augmentation (ColorJitter: torchvision's formulas, unlike ColorJiggle)."
+    import kornia.augmentation as K
+    aug = nn.Sequential(K.RandomResizedCrop((32, 32), scale=(0.2, 1.0)),
+                        K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
+                        K.RandomHorizontalFlip(), K.Normalize(torch.tensor(MEAN), torch.tensor(STD)))
+    return lambda x: (aug(x.float() / 255), aug(x.float() / 255))
+
+def bench_augment(args, device, rows, res, tmp=None):
+    batch, n_batches = 512, (2 if args.quick else 4)
+    images, source = load_images(batch * n_batches)
+    res['augment_images'] = source
+    x = images[:batch].to(device)
+    ours, gen = TwoViewAugment(32, MEAN, STD), torch.Generator(device=device).manual_seed(0)
+    fns = {'batched (ours)': lambda: ours(x, gen)}
+    try: fns['batched (kornia)'] = (lambda f: lambda: f(x))(kornia_two_views(batch))
+    except ImportError: res['notes'].append('kornia is not installed: the kornia comparison is skipped (pip install kornia)')
+    workers = min(2, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(_PILSet(images, torchvision_two_view_transform(32, MEAN, STD)), batch_size=batch,
+                                         num_workers=workers, persistent_workers=True, pin_memory=device.type == 'cuda')
+    def per_image():
+        for v1, v2 in loader: v1.to(device, non_blocking=True); v2.to(device, non_blocking=True)
+    t = compare(fns, device, reps=3 if args.quick else 5)
+    tp = compare({'per-image': per_image}, device, reps=1 if args.quick else 2)['per-image']
+    n_img = {'per-image': batch * n_batches}
+    for k, (s, m) in {**t, 'per-image': tp}.items():
+        rows.append(dict(section='augment', case=f"{k}" + (f", DataLoader {workers} workers" if k == 'per-image' else ''),
+                         batch=batch, images_per_s=n_img.get(k, batch) / s, peak_mib=m))
+    ips = {r['case'].split(',')[0]: r['images_per_s'] for r in rows if r['section'] == 'augment'}
+    res['augment_speedup'] = ips['batched (ours)'] / ips['per-image']
+    if 'batched (kornia)' in ips: res['kornia_ratio'] = ips['batched (ours)'] / ips['batched (kornia)']
+
+
+# -- steps ----------------------------------------------------------------------------------------
+def make_run(mode, framework, backbone, batch, device, tmp, heads=None):
+    "A Run on synthetic in-memory data whose steps see the same precomputed views every time."
+    n = 3 * batch  # the weight and architecture splits each hold more than a batch
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 2
+    data = ImageData('digits', images, labels, images[:8], labels[:8], ['a', 'b'], MEAN, STD, 32)
+    options = {'queue_size': 4096} if framework == 'moco' else {}
+    c = RunConfig(mode=mode, framework=framework, heads=heads or ('search' if mode == 'search' else 'standard'),
+                  backbone=backbone, batch_size=batch, epochs=1, device=str(device), options=options)
+    run = Run(c, tempfile.mkdtemp(prefix=f"{mode}-{framework}-{backbone}-", dir=tmp), progress=False, data=data)
+    views = run._views(torch.arange(batch))
+    run._views = lambda idx: views
+    return run, views
+
+def bench_steps(args, device, rows, res, tmp):
+    sizes = {'resnet_mini': 64 if args.quick else 128, 'resnet18': 8 if args.quick else 16}
+    if device.type == 'cuda': sizes = {'resnet_mini': 512, 'resnet18': 512}
+    reps = 1 if args.quick else 2
+    res['arch_step_fraction_by'] = {}
+    for backbone, batch in sizes.items():
+        for fw in FRAMEWORKS:
+            search, _ = make_run('search', fw, backbone, batch, device, tmp)
+            pre, _ = make_run('pretrain', fw, backbone, batch, device, tmp)
+            a_idx, w_idx = torch.arange(batch), torch.arange(batch)
+            t = compare({'arch': lambda: search.arch_step(a_idx), 'weight': lambda: search.weight_step(w_idx),
+                         'pretrain': lambda: pre.weight_step(w_idx)}, device, reps)
+            frac = t['arch'][0] / t['weight'][0]
+            res['arch_step_fraction_by'][f"{fw}/{backbone}"] = frac
+            rows.append(dict(section='search step', case=f"{fw} {backbone}", batch=batch,
+                             images_per_s=batch / (t['arch'][0] + t['weight'][0]), peak_mib=max(t['arch'][1], t['weight'][1]),
+                             note=f"arch {t['arch'][0]*1e3:.0f} ms = {frac:.2f}x weight {t['weight'][0]*1e3:.0f} ms"))
+            rows.append(dict(section='pretrain step', case=f"{fw} {backbone} (standard heads)", batch=batch,
+                             images_per_s=batch / t['pretrain'][0], peak_mib=t['pretrain'][1]))
+            del search, pre; gc.collect()
+    res['arch_step_fraction'] = res['arch_step_fraction_by']['simsiam/resnet18']
+    res['arch_step_fraction_worst'] = max(res['arch_step_fraction_by'][f"{fw}/resnet18"] for fw in FRAMEWORKS)
+    res['precision'] = str(search_precision(device))
+
+def search_precision(device):
+    from nasiam.train import resolve_precision
+    return resolve_precision('auto', device)
+
+
+# -- fused mixed layer ----------------------------------------------------------------------------------
+def bench_fused(args, device, rows, res, tmp=None):
+    batch = 512 if (device.type == 'cuda' or not args.quick) else 256
+    res['fused_speedup'] = {}
+    for name, dims in (('projector 6x512', [512] * 7), ('predictor 2048-512-512-512-2048', [2048, 512, 512, 512, 2048])):
+        torch.manual_seed(0)
+        ref = SearchCell(dims, fused=False).to(device); fus = set_fused(copy.deepcopy(ref), True)
+        x = torch.randn(batch, dims[0], device=device)
+        def step(cell): cell(x).square().mean().backward()
+        t = compare({'reference': lambda: step(ref), 'fused': lambda: step(fus)}, device, reps=2 if args.quick else 4)
+        res['fused_speedup'][name] = t['reference'][0] / t['fused'][0]
+        for k, (s, m) in t.items():
+            rows.append(dict(section='mixed layer fwd+bwd', case=f"{name}, {k}", batch=batch, images_per_s=batch / s, peak_mib=m,
+                             note=f"fused {res['fused_speedup'][name]:.2f}x" if k == 'fused' else ''))
+
+
+# -- lightly -----------------------------------------------------------------------------------------
+def bench_lightly(args, device, rows, res, tmp):
+    try:
+        from lightly.models.modules import SimSiamProjectionHead, SimSiamPredictionHead
+        from lightly.loss import NegativeCosineSimilarity
+    except ImportError:
+        res['notes'].append('lightly is not installed: the lightly comparison is skipped (pip install lightly)'); return
+    sizes = {'resnet_mini': 64 if args.quick else 128, 'resnet18': 8 if args.quick else 16}
+    if device.type == 'cuda': sizes = {'resnet_mini': 512, 'resnet18': 512}
+    res['lightly_ratio_by'] = {}
+    for backbone, batch in sizes.items():
+        ours, (x0, x1) = make_run('pretrain', 'simsiam', backbone, batch, device, tmp)
+        heads = (MINI_HEAD_DEFAULTS if backbone == 'resnet_mini' else HEAD_DEFAULTS)['simsiam']
+        torch.manual_seed(0)
+        bb = build_backbone(backbone, 32)
+        feat, proj, pred = bb.feat_dim, heads['proj_dim'], heads['pred_dim']
+
+        class LightlySimSiam(nn.Module):  # lightly's documented SimSiam example, at our head widths
+            def __init__(self, backbone):
+                super().__init__()
+                self.backbone = backbone
+                self.projection_head = SimSiamProjectionHead(feat, feat, proj)
+                self.prediction_head = SimSiamPredictionHead(proj, pred, proj)
+            def forward(self, x):
+                f = self.backbone(x).flatten(start_dim=1)
+                z = self.projection_head(f)
+                p = self.prediction_head(z)
+                return z.detach(), p
+
+        model = LightlySimSiam(bb).to(device)
+        if ours.channels_last: model = model.to(memory_format=torch.channels_last)
+        criterion = NegativeCosineSimilarity()
+        opt = torch.optim.SGD(model.parameters(), lr=0.06 * batch / 256, momentum=0.9, weight_decay=5e-4)
+        def theirs():
+            with ours._autocast():  # the same precision as ours (fp32 on this kind of CPU)
+                z0, p0 = model(x0); z1, p1 = model(x1)
+                loss = 0.5 * (criterion(z0, p1) + criterion(z1, p0))
+            loss.backward(); opt.step(); opt.zero_grad()
+        idx = torch.arange(batch)
+        t = compare({'ours': lambda: ours.weight_step(idx), 'lightly': theirs}, device, reps=2 if args.quick else 4)
+        ratio = t['lightly'][0] / t['ours'][0]
+        res['lightly_ratio_by'][backbone] = ratio
+        for k, (s, m) in t.items():
+            rows.append(dict(section='SimSiam pretrain vs lightly', case=f"{backbone}, {k}", batch=batch, images_per_s=batch / s,
+                             peak_mib=m, note=f"ours/lightly {ratio:.2f}x" if k == 'ours' else ''))
+        del ours, model; gc.collect()
+    res['lightly_ratio'] = res['lightly_ratio_by']['resnet18']
+
+
+# -- report ---------------------------------------------------------------------------------------------
+def table(rows, res):
+    lines = [f"device: {res['device']}  (torch {res['torch']}, {res['threads']} threads, precision {res.get('precision', '?')})",
+             f"{'section':<28} {'case':<48} {'batch':>5} {'images/s':>10} {'peak MiB':>9}  note"]
+    for r in rows:
+        lines.append(f"{r['section']:<28} {r['case']:<48} {r['batch']:>5} {r['images_per_s']:>10.1f} {r['peak_mib']:>9.1f}  {r.get('note', '')}")
+    lines.append('')
+    lines.append('targets:')
+    for k, target in TARGETS.items():
+        v = res.get(k)
+        if v is None: lines.append(f"  {k:<22} skipped"); continue
+        met = v <= target if k == 'arch_step_fraction' else v >= target
+        lines.append(f"  {k:<22} {v:6.2f}  target {'<=' if k == 'arch_step_fraction' else '>='} {target}  {'met' if met else 'NOT met'}")
+    if 'kornia_ratio' in res: lines.append(f"  {'kornia_ratio':<22} {res['kornia_ratio']:6.2f}  (ours / kornia, same recipe)")
+    for name, v in res.get('fused_speedup', {}).items(): lines.append(f"  fused mixed layer      {v:6.2f}x  {name}")
+    for n in res['notes']: lines.append(f"note: {n}")
+    return '\n'.join(lines)
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--quick', action='store_true', help='smaller batches and fewer repetitions (a couple of minutes on a 2-core CPU)')
+    p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    args = p.parse_args(argv)
+    device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device)
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU)"
+    res = dict(device=name, torch=torch.__version__, threads=torch.get_num_threads(), quick=args.quick, notes=[])
+    rows = []
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for section in (bench_augment, bench_fused, bench_steps, bench_lightly):
+            t1 = time.time(); log(section.__name__)
+            section(args, device, rows, res, tmp)
+            log(f"  {section.__name__}: {time.time() - t1:.0f} s")
+    res['seconds'] = time.time() - t0
+    res['targets'] = TARGETS
+    res['rows'] = rows
+    print(json.dumps(res, indent=1) if args.json else table(rows, res))
+
+if __name__ == '__main__':
+    main()
