@@ -12,7 +12,7 @@ $(VENV)/.installed: settings.ini setup.py
 
 # search → pretrain → evaluate on the bundled digits data, on CPU, in a few minutes
 demo: $(VENV)/.installed
-	$(VENV)/bin/nasiam quickstart --out runs/quickstart
+	$(VENV)/bin/nasiam run nbs/experiments/quickstart.ipynb --out runs/quickstart
 
 # nasiam/ must be exactly what the notebooks export; then the notebook tests and pytest
 test: $(VENV)/.installed

@@ -17,6 +17,8 @@ from plotly.subplots import make_subplots
 from .metrics import MetricsTail, MetricsWriter, read_metrics
 from .ops import PRIMITIVES
 
+from .files import atomic_write_text
+
 # %% ../nbs/07a_dashboard.ipynb #c005
 class Series:
     "A bounded (step, value) series: full resolution up to `cap` points, then halved as often as needed."
@@ -405,15 +407,6 @@ class Dashboard:
             time.sleep(poll_seconds)
 
 # %% ../nbs/07a_dashboard.ipynb #c034
-def _atomic_write_text(path: Path, text: str):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-
 def _flat(d: dict, prefix: str='') -> list[tuple[str, str]]:
     "(dotted key, value) pairs of a nested dict."
     items = []
@@ -445,5 +438,5 @@ def write_report(run_dir: str|Path, # run folder holding metrics.jsonl
             '<style>body{font-family:sans-serif;margin:2em} td{padding:0 1em}</style></head><body>'
             + _report_header(history, name) + ''.join(figs) + '</body></html>')
     out = Path(out) if out is not None else run_dir/'report.html'
-    _atomic_write_text(out, page)
+    atomic_write_text(out, page)
     return out

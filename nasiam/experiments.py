@@ -13,13 +13,9 @@ __all__ = ['RUN_DIR_PARAMETERS', 'ACCURACY_COLUMN', 'parameters_source', 'parse_
 import argparse, ast, csv, hashlib, html, io, itertools, json, math, os, re, sys, time, traceback
 from pathlib import Path
 
-# %% ../nbs/11_experiments.ipynb #c005
-def _atomic_write(path, text:str):
-    "Write `text` to `path` through a temporary file and a rename."
-    path = Path(path); tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, 'w', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+from .files import atomic_write_text
 
+# %% ../nbs/11_experiments.ipynb #c005
 def _read_notebook(nb) -> dict:
     nb = Path(nb)
     if not nb.is_file(): raise ValueError(f"notebook {str(nb)!r} does not exist")
@@ -252,15 +248,15 @@ def run_point(nb:str|Path, folder:str|Path, params:dict) -> dict:
     "Run one point of a sweep into `folder`: `done.json` when it finished, `error.txt` when it failed."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     for stale in ('done.json', 'error.txt'): (folder / stale).unlink(missing_ok=True)
-    _atomic_write(folder / 'params.json', json.dumps(params, indent=1))
+    atomic_write_text(folder / 'params.json', json.dumps(params, indent=1))
     t0 = time.time()
     try: run_notebook(nb, folder, params)
     except Exception as e:
         msg = str(e) if isinstance(e, NotebookFailed) else f"{type(e).__name__}: {_first_line(e)}"
-        _atomic_write(folder / 'error.txt', msg + '\n\n' + traceback.format_exc())
+        atomic_write_text(folder / 'error.txt', msg + '\n\n' + traceback.format_exc())
         return dict(name=folder.name, status='failed', error=msg, seconds=time.time() - t0)
     rec = dict(name=folder.name, status='done', params=params, seconds=time.time() - t0, finished=time.time())
-    _atomic_write(folder / 'done.json', json.dumps(rec, indent=1))
+    atomic_write_text(folder / 'done.json', json.dumps(rec, indent=1))
     return rec
 
 def _run_point_job(args): return run_point(*args)
@@ -276,7 +272,7 @@ def sweep(nb:str|Path, # the notebook
     nb, out, log = Path(nb).resolve(), Path(out).resolve(), log or (lambda *a: None)
     points = plan_sweep(nb, grid)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / 'sweep.json', json.dumps(dict(notebook=str(nb), points=[dict(name=n, params=p) for n, p in points]), indent=1))
+    atomic_write_text(out / 'sweep.json', json.dumps(dict(notebook=str(nb), points=[dict(name=n, params=p) for n, p in points]), indent=1))
     todo = [(n, p) for n, p in points if not point_finished(out / n, p)]
     log(f"{len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run")
     stop_after = int(os.environ.get('NASIAM_SWEEP_STOP_AFTER', 0) or 0)
@@ -335,7 +331,7 @@ def collect_results(out:str|Path # a sweep folder
     w = csv.DictWriter(buf, cols, extrasaction='ignore', lineterminator='\n')
     w.writeheader()
     for r in rows: w.writerow({k: ('' if r.get(k) is None else r.get(k)) for k in cols})
-    _atomic_write(out / 'results.csv', buf.getvalue())
+    atomic_write_text(out / 'results.csv', buf.getvalue())
     return out / 'results.csv'
 
 def read_results(path:str|Path) -> list[dict]:
@@ -415,7 +411,7 @@ def write_summary(out:str|Path # a sweep folder holding results.csv
     page = ('<!DOCTYPE html><html><head><meta charset="utf-8"><title>sweep summary</title><style>body{font-family:sans-serif;margin:2em}'
             '.row{display:flex;flex-wrap:wrap;gap:1em} td,th{padding:0 .8em;text-align:left} tr:nth-child(even){background:#f4f4f4}</style>'
             '</head><body>' + ''.join(parts) + '</body></html>')
-    _atomic_write(out / 'summary.html', page)
+    atomic_write_text(out / 'summary.html', page)
     return out / 'summary.html'
 
 # %% ../nbs/11_experiments.ipynb #c028
@@ -460,7 +456,12 @@ def run_subcommand(args) -> int:
                 if name in RUN_DIR_PARAMETERS: raise ValueError(f"parameter {name!r} is the run directory; give it with --out")
             params = resolve_parameters(args.notebook, _absolute_paths(file_values), args.parameter)
             dest = run_notebook(args.notebook, args.out, _absolute_paths(params), progress=sys.stderr.isatty(), log_output=args.log_output)
-            print(dest)
+            print(f"executed notebook: {dest}")
+            summary = Path(args.out) / 'results.json'
+            if summary.is_file():  # the run's headline numbers, as the notebook wrote them
+                for k, v in json.loads(summary.read_text()).items():
+                    if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                        print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
         elif cmd == 'sweep':
             grid = {k: v for k, v in load_grid(args.grid).items()}
             res = sweep(args.notebook, _absolute_paths(grid), args.out, args.jobs)

@@ -15,6 +15,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from .files import atomic_write_text
+
 # %% ../nbs/07_metrics.ipynb #c005
 def feature_std(z: torch.Tensor, # (n, d) batch of embeddings
                ) -> torch.Tensor:
@@ -208,12 +210,5 @@ def truncate_after(path: str|Path, # a metrics.jsonl file
     path = Path(path)
     records = read_metrics(path)
     kept = [r for r in records if r.get('step', -1) <= step]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.writelines(json.dumps(r, allow_nan=False) + '\n' for r in kept)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+    atomic_write_text(path, ''.join(json.dumps(r, allow_nan=False) + '\n' for r in kept))
     return len(records) - len(kept)

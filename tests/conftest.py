@@ -19,3 +19,14 @@ def shared_data(name: str) -> Path | None:
 def digits():
     from nasiam.data import load_dataset
     return load_dataset('digits')
+
+
+def cli(*args):
+    "Run `nasiam ARGS...` in this process; returns (exit code, stdout, stderr)."
+    import contextlib, io
+    from nasiam.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main([str(a) for a in args])
+        except SystemExit as e: code = e.code
+    return code, out.getvalue(), err.getvalue()

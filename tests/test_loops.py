@@ -1,23 +1,16 @@
 "Search, pretrain and evaluate end to end on digits, through the command line, on CPU."
-import contextlib, io, json, os, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
-from nasiam.cli import main
+from conftest import cli
 from nasiam.genotype import Genotype
 from nasiam.train import load_checkpoint
 
+# half of digits' training set held out: 5 weight steps an epoch, enough to see every part work
 FAST = ['--dataset', 'digits', '--backbone', 'resnet_mini', '--batch-size', '64', '--device', 'cpu',
-        '--knn-k', '20', '--log-every', '1', '--no-progress']
+        '--knn-k', '20', '--log-every', '1', '--no-progress', '--val-fraction', '0.5']
 OPTIONS = {'moco': ['--option', 'queue_size=256'], 'simsiam': [], 'simclr': []}
-
-
-def cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in args])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def records(run, kind=None):
@@ -37,7 +30,6 @@ def test_search_pretrain_evaluate(framework, tmp_path):
     ck = load_checkpoint(s / 'checkpoint.pt')
     g = Genotype.from_json((s / 'genotype.json').read_text())
     final = ck['model']['projector.cell.alphas']
-    assert [l[0] for l in g.projector] == [g.projector[0][0].__class__(Genotype.from_alphas(final).projector[i][0]) for i in range(len(g.projector))]
     assert g == Genotype.from_alphas(final, ck['model'].get('predictor.cell.alphas'))
     assert {r['kind'] for r in records(s)} >= {'config', 'step', 'alphas', 'epoch', 'event'}
     steps = [r for r in records(s, 'step') if 'z_std' in r]
@@ -48,7 +40,7 @@ def test_search_pretrain_evaluate(framework, tmp_path):
     assert code == 0, err
     assert (p / 'checkpoint.pt').is_file() and not (p / 'genotype.json').exists()
     for protocol in ('knn', 'linear'):
-        code, out, err = cli('evaluate', '--run', p, '--protocol', protocol, '--device', 'cpu', '--epochs', 5)
+        code, out, err = cli('evaluate', '--run', p, '--protocol', protocol, '--device', 'cpu', '--epochs', 3)
         assert code == 0, err
         res = json.loads(out.strip().splitlines()[-1])
         assert res['protocol'] == protocol and 0 <= res['top1'] <= res['top5'] <= 100

@@ -7,7 +7,7 @@ from nasiam.frameworks import build_model
 from nasiam.train import RunConfig, pretrain, evaluate_run, evaluate_model, seed_everything
 
 SUBSET = shared_data('cifar10-subset')
-EPOCHS = 8
+EPOCHS = 3
 
 
 @pytest.mark.slow

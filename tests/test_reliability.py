@@ -1,22 +1,15 @@
 "Exact resume after SIGKILL, crash-safe saves, the NaN guard, and one-line refusals that leave files alone."
-import contextlib, io, json, os, shutil, signal, subprocess, sys, time
+import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
-from nasiam.cli import main
+from conftest import cli
 from nasiam.genotype import Genotype
 from nasiam.train import load_checkpoint
 
+# half of digits' training set held out: 5 weight steps an epoch
 RUN = ['--dataset', 'digits', '--backbone', 'resnet_mini', '--batch-size', '64', '--device', 'cpu',
-       '--knn-k', '20', '--log-every', '1', '--no-progress', '--precision', 'fp32']
-
-
-def cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: code = main([str(a) for a in args])
-        except SystemExit as e: code = e.code
-    return code, out.getvalue(), err.getvalue()
+       '--knn-k', '20', '--log-every', '1', '--no-progress', '--precision', 'fp32', '--val-fraction', '0.5']
 
 
 class Proc(subprocess.Popen):
@@ -48,7 +41,7 @@ def assert_same_state(a, b):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
-    args = ['search', '--framework', 'moco', '--option', 'queue_size=128', '--epochs', 1, '--checkpoint-every', 3, *RUN]
+    args = ['search', '--framework', 'moco', '--option', 'queue_size=128', '--epochs', 2, '--checkpoint-every', 3, *RUN]
     whole = nasiam(*args, '--out', tmp_path / 'whole')
     killed = nasiam(*args, '--out', tmp_path / 'killed')
     ck = tmp_path / 'killed' / 'checkpoint.pt'
@@ -76,12 +69,12 @@ def test_kill_between_write_and_rename_keeps_previous_checkpoint(tmp_path):
     before = load_checkpoint(run / 'checkpoint.pt')
     p = nasiam('search', '--epochs', 2, '--checkpoint-every', 2, '--out', run, '--resume', *RUN, env={'NASIAM_FAULT': 'before-rename'})
     assert p.wait(timeout=900) == -signal.SIGKILL, p.log()
-    assert list(run.glob('.checkpoint.pt.tmp*')) or list(run.glob('.best.pt.tmp*')), 'the fault did not hit a save'
+    assert list(run.glob('.*.tmp')), 'the fault did not hit a save'
     after = load_checkpoint(run / 'checkpoint.pt')  # the previous checkpoint, whole
     assert after['step'] == before['step']
     for k in before['model']: assert torch.equal(before['model'][k], after['model'][k])
     assert cli('search', '--epochs', 2, '--out', run, '--resume', *RUN)[0] == 0  # and the run can go on
-    assert not list(run.glob('.*.tmp*')) and load_checkpoint(run / 'checkpoint.pt')['epoch'] == 2
+    assert not list(run.glob('.*.tmp')) and load_checkpoint(run / 'checkpoint.pt')['epoch'] == 2
 
 
 @pytest.mark.parametrize('on_nan', ['stop', 'skip'])
@@ -92,7 +85,7 @@ def test_nan_guard(tmp_path, monkeypatch, on_nan):
         out = forward(self, *a, **kw)
         if kw.get('update_state', True):  # weight steps only (the architecture step passes update_state=False)
             calls[0] += 1
-            if calls[0] == 15: out['loss'] = out['loss'] * float('nan')  # in the second epoch (10 steps each)
+            if calls[0] == 8: out['loss'] = out['loss'] * float('nan')  # in the second epoch (5 steps each)
         return out
     monkeypatch.setattr(SimSiam, 'forward', poisoned)
     run = tmp_path / 'run'
