@@ -74,7 +74,7 @@ class RunConfig:
         if c.lr is None: c.lr = 1e-3 if simclr else 0.06
         if c.weight_decay is None: c.weight_decay = 1e-6 if simclr else 5e-4
         if c.arch_lr is None: c.arch_lr = 3e-4 if c.framework == 'moco' else 1e-3
-        if c.image_size is None: c.image_size = 32 if c.dataset in ('digits', 'cifar10', 'cifar100') else 32
+        if c.image_size is None: c.image_size = 32  # CIFAR-sized; give --image-size 224 for ImageNet-sized folders
         if c.framework == 'moco':
             c.options.setdefault('momentum', 0.99 if c.image_size <= 64 else 0.999)
             c.options.setdefault('temperature', 0.1 if c.image_size <= 64 else 0.07)
