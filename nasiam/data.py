@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['DATASETS', 'MEAN_STD', 'IMAGE_EXTENSIONS', 'RECIPES', 'ImageData', 'stratified_split', 'load_dataset', 'rgb_to_hsv',
-           'hsv_to_rgb', 'shift_hue', 'blur_kernel_size', 'eval_transform', 'TwoViewAugment',
+           'hsv_to_rgb', 'shift_hue', 'affine_grid', 'blur_kernel_size', 'eval_transform', 'TwoViewAugment',
            'torchvision_view_transform', 'TwoViews', 'torchvision_two_view_transform', 'BatchStream']
 
 # %% ../nbs/05_data.ipynb #c002
@@ -169,8 +169,8 @@ _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 def _grayscale(x):
     "Luma of an N x 3 x H x W float batch, shape N x 1 x H x W."
-    w = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    (wr, wg, wb), (r, g, b) = _GRAY_WEIGHTS, x.unbind(1)
+    return (r * wr).add_(g, alpha=wg).add_(b, alpha=wb).unsqueeze(1)  # one new single-channel tensor
 
 def rgb_to_hsv(x:torch.Tensor) -> torch.Tensor:
     "RGB in [0, 1] to HSV in [0, 1] (hue as a fraction of a turn), over dim -3."
@@ -207,6 +207,13 @@ def shift_hue(x:torch.Tensor, shift:torch.Tensor) -> torch.Tensor:
     return torch.stack((channel(5), channel(3), channel(1)), 1)
 
 # %% ../nbs/05_data.ipynb #c017
+def affine_grid(theta:torch.Tensor, height:int, width:int) -> torch.Tensor:
+    "`F.affine_grid(theta, (N, C, height, width), align_corners=False)` as one small matmul against a shared pixel grid."
+    xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1  # pixel centres in [-1, 1]
+    ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
+    base = torch.stack((xs.expand(height, width), ys[:, None].expand(height, width), torch.ones_like(ys[:, None].expand(height, width))), -1)
+    return (base.view(1, height * width, 3) @ theta.transpose(1, 2)).view(-1, height, width, 2)
+
 def blur_kernel_size(image_size:int) -> int:
     "Odd Gaussian-blur kernel size about a tenth of the image side (23 at 224), at least 3."
     k = max(3, int(0.1 * image_size))
@@ -308,7 +315,8 @@ class TwoViewAugment:
         for step in range(4):
             for k, op in enumerate(ops):
                 m = apply & (order[:, step] == k)
-                if m.any(): x[m] = op(x[m], factors[k][m])
+                idx = m.nonzero().squeeze(1)  # index_select/index_copy_: cheaper than boolean-mask indexing
+                if len(idx): x.index_copy_(0, idx, op(x.index_select(0, idx), factors[k].index_select(0, idx)))
         return x
 
     def single(self, images_uint8:torch.Tensor, generator:torch.Generator|None=None) -> torch.Tensor:
@@ -325,18 +333,20 @@ class TwoViewAugment:
         theta[:, 0, 2] = (box['x0'] + box['w'] / 2) / width * 2 - 1
         theta[:, 1, 1] = box['h'] / height
         theta[:, 1, 2] = (box['y0'] + box['h'] / 2) / height * 2 - 1
-        grid = F.affine_grid(theta, (n, 3, self.image_size, self.image_size), align_corners=False)
-        x = F.grid_sample(images_uint8.float() / 255, grid, mode='bilinear', padding_mode='border', align_corners=False)
+        grid = affine_grid(theta, self.image_size, self.image_size)
+        x = F.grid_sample(images_uint8.float().div_(255), grid, mode='bilinear', padding_mode='border', align_corners=False)
         if self.jitter_p > 0: x = self._jitter(x, generator)
         if self.gray_p > 0:
-            x = torch.where((u(n) < self.gray_p).view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+            gray = u(n) < self.gray_p
+            idx = gray.nonzero().squeeze(1)
+            if len(idx): x.index_copy_(0, idx, _grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1))
         if self.blur_p > 0:
             lo, hi = self.blur_sigma
             sigma = lo + (hi - lo) * u(n)
             x = torch.where((u(n) < self.blur_p).view(-1, 1, 1, 1), _gaussian_blur(x, sigma, self.blur_kernel), x)
         m = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
         s = torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
-        return (x - m) / s
+        return x.sub_(m).div_(s)  # in place: x is this function's own tensor
 
 # %% ../nbs/05_data.ipynb #c026
 def torchvision_view_transform(
