@@ -65,7 +65,7 @@ def compare(fns:dict, device, reps:int, warmup:int=1) -> dict:
     for f in fns.values():
         for _ in range(warmup): f()
     times = {k: [] for k in fns}
-    for r in range(reps):  # timed without the memory sampler, which trims the heap and would add page faults
+    for _ in range(reps):  # timed without the memory sampler, which trims the heap and would add page faults
         for k, f in fns.items():
             _sync(device); t = time.perf_counter(); f(); _sync(device)
             times[k].append(time.perf_counter() - t)

@@ -211,8 +211,14 @@ def affine_grid(theta:torch.Tensor, height:int, width:int) -> torch.Tensor:
     "`F.affine_grid(theta, (N, C, height, width), align_corners=False)` as one small matmul against a shared pixel grid."
     xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1  # pixel centres in [-1, 1]
     ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
-    base = torch.stack((xs.expand(height, width), ys[:, None].expand(height, width), torch.ones_like(ys[:, None].expand(height, width))), -1)
+    gy, gx = torch.meshgrid(ys, xs, indexing='ij')
+    base = torch.stack((gx, gy, torch.ones_like(gx)), -1)
     return (base.view(1, height * width, 3) @ theta.transpose(1, 2)).view(-1, height, width, 2)
+
+def _update_rows(x:torch.Tensor, mask:torch.Tensor, fn, *per_sample:torch.Tensor):
+    "Replace, in place, the rows of `x` selected by `mask` with `fn(rows, *their per-sample values)`."
+    idx = mask.nonzero().squeeze(1)  # index_select/index_copy_: cheaper than boolean-mask indexing
+    if len(idx): x.index_copy_(0, idx, fn(x.index_select(0, idx), *(v.index_select(0, idx) for v in per_sample)))
 
 def blur_kernel_size(image_size:int) -> int:
     "Odd Gaussian-blur kernel size about a tenth of the image side (23 at 224), at least 3."
@@ -310,13 +316,11 @@ class TwoViewAugment:
             lambda x, f: (x * view(f)).clamp(0, 1),
             lambda x, f: (view(f) * x + (1 - view(f)) * _grayscale(x).mean((1, 2, 3), keepdim=True)).clamp(0, 1),
             lambda x, f: (view(f) * x + (1 - view(f)) * _grayscale(x)).clamp(0, 1),
-            lambda x, f: shift_hue(x, f),
+            shift_hue,
         ]
         for step in range(4):
             for k, op in enumerate(ops):
-                m = apply & (order[:, step] == k)
-                idx = m.nonzero().squeeze(1)  # index_select/index_copy_: cheaper than boolean-mask indexing
-                if len(idx): x.index_copy_(0, idx, op(x.index_select(0, idx), factors[k].index_select(0, idx)))
+                _update_rows(x, apply & (order[:, step] == k), op, factors[k])
         return x
 
     def single(self, images_uint8:torch.Tensor, generator:torch.Generator|None=None) -> torch.Tensor:
@@ -337,9 +341,7 @@ class TwoViewAugment:
         x = F.grid_sample(images_uint8.float().div_(255), grid, mode='bilinear', padding_mode='border', align_corners=False)
         if self.jitter_p > 0: x = self._jitter(x, generator)
         if self.gray_p > 0:
-            gray = u(n) < self.gray_p
-            idx = gray.nonzero().squeeze(1)
-            if len(idx): x.index_copy_(0, idx, _grayscale(x.index_select(0, idx)).expand(-1, 3, -1, -1))
+            _update_rows(x, u(n) < self.gray_p, lambda rows: _grayscale(rows).expand(-1, 3, -1, -1))
         if self.blur_p > 0:
             lo, hi = self.blur_sigma
             sigma = lo + (hi - lo) * u(n)

@@ -165,21 +165,21 @@ def fused_linear_bn(x:torch.Tensor, parts:Sequence[tuple]) -> list:
 class MixedLayer(nn.Module):
     "One searched edge: every candidate op, mixed by a weight vector."
     def __init__(self, in_dim:int, out_dim:int, space:str|SearchSpace='published',
-                 fused:bool=True): # compute same-shape Linear candidates in one matmul (same result)
+                 fused:bool|None=None): # one matmul for same-shape Linear candidates (same result); None: on CUDA
         super().__init__()
         self.in_dim, self.out_dim, self.fused = in_dim, out_dim, fused
         self.ops = nn.ModuleList(get_space(space).build(op, in_dim, out_dim) for op in get_space(space).primitives)
 
     def forward(self, x, weights):
         "`weights`: one weight per op (a softmax row)."
-        if not self.fused: return sum(w * op(x) for w, op in zip(weights, self.ops))
+        if not (x.is_cuda if self.fused is None else self.fused): return sum(w * op(x) for w, op in zip(weights, self.ops))
         outs = [None] * len(self.ops)
         for group in fusable_groups(self.ops):
             for k, y in zip(group, fused_linear_bn(x, [linear_parts(self.ops[k]) for k in group])): outs[k] = y
         return sum(w * (y if y is not None else op(x)) for w, y, op in zip(weights, outs, self.ops))
 
-def set_fused(module:nn.Module, fused:bool=True) -> nn.Module:
-    "Switch every MixedLayer inside `module` to the fused (or the straightforward) form."
+def set_fused(module:nn.Module, fused:bool|None=True) -> nn.Module:
+    "Switch every MixedLayer inside `module` to the fused (or the straightforward, or the per-device) form."
     for m in module.modules():
         if isinstance(m, MixedLayer): m.fused = fused
     return module
@@ -195,7 +195,7 @@ class SearchCell(nn.Module):
                  dims:Sequence[int], # widths [in, hidden..., out]: one layer per consecutive pair
                  space:str|SearchSpace='published', # the candidate-op table
                  own_alphas:bool=True, # False: alphas are always passed to `forward` (a MoCo key encoder)
-                 fused:bool=True): # the fused form of the mixed layers (same result)
+                 fused:bool|None=None): # the form of the mixed layers (same result); None: fused on CUDA
         super().__init__()
         _check_dims(dims)
         self.space, self.dims = get_space(space), list(dims)

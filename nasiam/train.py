@@ -22,7 +22,7 @@ from .frameworks import FRAMEWORKS, build_model, SiameseModel
 from .data import DATASETS, load_dataset, stratified_split, TwoViewAugment, BatchStream
 from .evaluate import extract_features, knn_accuracy, linear_probe
 from .metrics import MetricsWriter, CollapseDetector, collapse_metrics, grad_norm, alpha_entropy, truncate_after
-from .ops import NON_PARAMETRIC, set_fused
+from .ops import NON_PARAMETRIC
 from .dashboard import write_report
 from .files import atomic_write_text, atomic_save, remove_stale_temporaries
 
@@ -64,7 +64,7 @@ class RunConfig:
     deterministic: bool = False  # CUDA: deterministic cuDNN kernels, no autotuning (CPU runs are deterministic anyway)
     device: str = 'auto'  # auto, cpu, cuda, cuda:N
     precision: str = 'auto'  # auto, fp32, bf16, fp16
-    channels_last: bool|None = None  # default: on (faster convolutions on CUDA, and on the CPU for small backbones)
+    channels_last: bool = True  # NHWC convolutions: faster on CUDA, and on the CPU for small backbones
     compile: bool = False  # torch.compile the model (CUDA)
 
     def resolved(self) -> 'RunConfig':
@@ -176,7 +176,7 @@ class Run:
         if self.main: self._check_dir(resume, force)
         self.device = resolve_device(self.c.device)
         self.amp_dtype = resolve_precision(self.c.precision, self.device)
-        self.channels_last = True if self.c.channels_last is None else self.c.channels_last
+        self.channels_last = self.c.channels_last
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = not self.c.deterministic
             torch.backends.cudnn.deterministic = self.c.deterministic
@@ -243,9 +243,6 @@ class Run:
         genotype = c.genotype if c.heads == 'genotype' else None
         self.model = build_model(c.framework, c.heads, c.backbone, genotype, c.image_size, c.space, **c.options).to(self.device)
         if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
-        # one matmul for the same-shape candidates of a mixed layer saves kernel launches on CUDA; on the CPU the
-        # benchmark measures it at 0.9-1.1x the straightforward form, so the CPU keeps that (same result either way)
-        set_fused(self.model, self.device.type == 'cuda')
         if self.world > 1:
             # SyncBatchNorm needs CUDA; on the CPU (gloo) each process keeps its own BatchNorm statistics
             for name in ('backbone', 'projector', 'predictor') if self.device.type == 'cuda' else ():
