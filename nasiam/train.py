@@ -461,7 +461,8 @@ class Run:
             if self.world > 1: dist.barrier()
         self.log('epoch', **rec)
         self.save()
-        if self.progress and self.main: tqdm.write(f"{summary}  ({seconds:.1f}s)")
+        if self.main:  # one line per epoch, also without progress bars: headless runs stream it to their log
+            (tqdm.write if self.progress else lambda line: print(line, flush=True))(f"{summary}  ({seconds:.1f}s)")
 
     def _check_ranks_agree(self):
         if self.world == 1: return True
