@@ -58,14 +58,19 @@ def _common(p, search_mode):
     if search_mode:
         p.add_argument('--space', choices=('published', 'dedup'), default=d.space)
         p.add_argument('--train-portion', type=float, default=d.train_portion)
-        p.add_argument('--arch-lr', type=float, default=None)
+        p.add_argument('--arch-lr', type=float, default=None, help='alpha learning rate (default 1e-3; MoCo 3e-4)')
+        p.add_argument('--arch-weight-decay', type=float, default=None, help='alpha weight decay (default 1e-3; SimCLR 0, as in the original)')
+        p.add_argument('--arch-warmup-epochs', type=int, default=d.arch_warmup_epochs, help='epochs that train only the weights before the alphas move')
+        p.add_argument('--decision-margin', type=float, default=d.decision_margin,
+                       help='a layer is decided when its top-1 minus top-2 op weight reaches this ...')
+        p.add_argument('--decision-patience', type=_positive_int, default=d.decision_patience, help='... and its choice has held for this many epoch ends')
         p.add_argument('--arch-updates', choices=('step', 'epoch'), default=d.arch_updates)
         p.add_argument('--alpha-l1', type=float, default=d.alpha_l1)
         p.add_argument('--reg-ratio', type=float, default=d.reg_ratio)
         p.add_argument('--derive', choices=('sparse', 'edge'), default=d.derive)
     else:
         g = p.add_mutually_exclusive_group(required=True)
-        g.add_argument('--genotype', help=f"a genotype file (JSON or the original text) or a preset: {', '.join(Genotype.presets())}")
+        g.add_argument('--genotype', help=f"a genotype file (JSON or the original text), random:SEED (each layer's op drawn at random), or a preset: {', '.join(Genotype.presets())}")
         g.add_argument('--standard', action='store_true', help="the published heads")
         p.add_argument('--no-fix-pred-lr', action='store_true', help='SimSiam: decay the predictor lr too')
 
@@ -91,8 +96,9 @@ def _config(a, mode) -> RunConfig:
               val_fraction=a.val_fraction, knn_k=a.knn_k, knn_every=a.knn_every, log_every=a.log_every,
               checkpoint_every=a.checkpoint_every, on_nan=a.on_nan, options=_options(a.option))
     if mode == 'search':
-        kw.update(heads='search', space=a.space, train_portion=a.train_portion, arch_lr=a.arch_lr, arch_updates=a.arch_updates,
-                  alpha_l1=a.alpha_l1, reg_ratio=a.reg_ratio, derive=a.derive)
+        kw.update(heads='search', space=a.space, train_portion=a.train_portion, arch_lr=a.arch_lr, arch_weight_decay=a.arch_weight_decay,
+                  arch_warmup_epochs=a.arch_warmup_epochs, arch_updates=a.arch_updates, alpha_l1=a.alpha_l1, reg_ratio=a.reg_ratio,
+                  derive=a.derive, decision_margin=a.decision_margin, decision_patience=a.decision_patience)
     else:
         kw.update(heads='standard' if a.standard else 'genotype', genotype=a.genotype, fix_pred_lr=not a.no_fix_pred_lr)
     return RunConfig(**kw)
@@ -140,6 +146,9 @@ def main(argv=None) -> int:
             c = _config(a, a.command)
             res = (search if a.command == 'search' else pretrain)(c, a.out, resume=a.resume, force=a.force, progress=not a.no_progress)
             print(json.dumps(dict(res, rank=int(os.environ.get('RANK', 0)))))
+            if res.get('undecided') and int(os.environ.get('RANK', 0)) == 0:
+                print(f"nasiam search: {res['decided']} layers decided; undecided: {', '.join(res['undecided'])} "
+                      f"(their choice is not settled: search longer, or raise --arch-lr)", file=sys.stderr)
         elif a.command == 'evaluate':
             print(json.dumps(evaluate_run(a.run, a.protocol, a.checkpoint, a.device, a.k, a.epochs)))
         elif a.command == 'report':

@@ -6,8 +6,9 @@
 __all__ = ['RUN_DIR_PARAMETERS', 'ACCURACY_COLUMN', 'parameters_source', 'parse_parameters', 'parameter_comments',
            'notebook_parameters', 'check_value', 'coerce_text', 'load_yaml', 'resolve_parameters', 'format_parameters',
            'NotebookFailed', 'run_notebook', 'executed_parameters', 'error_outputs', 'grid_points', 'point_name',
-           'load_grid', 'plan_sweep', 'point_finished', 'run_point', 'sweep', 'collect_results', 'read_results',
-           'accuracy_figure', 'write_summary', 'add_subcommands', 'run_subcommand']
+           'load_grid', 'plan_sweep', 'point_finished', 'run_point', 'sweep', 'search_genotype', 'layer_columns',
+           'collect_results', 'read_results', 'welch_test', 'seed_agreement', 'arm_comparisons', 'accuracy_figure',
+           'write_summary', 'add_subcommands', 'run_subcommand']
 
 # %% ../nbs/11_experiments.ipynb #c002
 import argparse, ast, csv, hashlib, html, io, itertools, json, math, os, re, sys, time, traceback
@@ -305,6 +306,24 @@ def _sweep_points(out:Path) -> list[dict]:
     if (out / 'sweep.json').is_file(): return json.loads((out / 'sweep.json').read_text())['points']
     return [dict(name=p.parent.name, params=json.loads(p.read_text())) for p in sorted(out.glob('*/params.json'))]
 
+def search_genotype(folder:str|Path # a point's folder
+                   ) -> dict|None:
+    "The genotype.json a point's search wrote (in its folder, or one level down as the quickstart's search/), as a dict; None without one."
+    folder = Path(folder)
+    for p in [folder / 'genotype.json', *sorted(folder.glob('*/genotype.json'))]:
+        try: return json.loads(p.read_text())
+        except (OSError, ValueError): continue
+    return None
+
+def layer_columns(g:dict) -> dict:
+    "One column per searched layer ('projector.0': its op, '+'-joined for an edge derivation), and 'decided' (k/n) when the search recorded it."
+    cols = {f'{cell}.{i}': '+'.join(ops) for cell in ('projector', 'predictor') for i, ops in enumerate(g.get(cell, []))}
+    conf = g.get('confidence')
+    if conf:
+        layers = [l for cell in ('projector', 'predictor') for l in conf.get(cell, [])]
+        cols['decided'] = f"{sum(l['decided'] for l in layers)}/{len(layers)}"
+    return cols
+
 def collect_results(out:str|Path # a sweep folder
                    ) -> Path:
     "Write `out/results.csv` (atomically): parameters and final metrics of every point; returns its path."
@@ -322,6 +341,11 @@ def collect_results(out:str|Path # a sweep folder
                 metrics = {k: v for k, v in metrics.items() if k not in params}
                 metric_cols += [k for k in metrics if k not in metric_cols]
                 row.update(metrics)
+            g = search_genotype(folder)
+            if g is not None:
+                layers = {k: v for k, v in layer_columns(g).items() if k not in params}
+                metric_cols += [k for k in layers if k not in metric_cols]
+                row.update(layers)
         elif (folder / 'error.txt').is_file():
             row['status'] = 'failed'
             row['error'] = _first_line((folder / 'error.txt').read_text())
@@ -341,12 +365,66 @@ def read_results(path:str|Path) -> list[dict]:
         except ValueError: return v
     with open(path, newline='', encoding='utf-8') as f: return [{k: num(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
-# %% ../nbs/11_experiments.ipynb #c025
-ACCURACY_COLUMN = re.compile(r'(^|[._])(knn|linear)[^,]*top1')
-
+# %% ../nbs/11_experiments.ipynb #c024b
 def _mean_std(xs):
     m = sum(xs) / len(xs)
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+def welch_test(a:list, # one arm's values (at least 2)
+               b:list, # the other arm's values (at least 2)
+               level:float=0.95, # confidence level of the interval
+              ) -> dict:
+    "Welch's two-sided t-test of mean(a) − mean(b) (unequal variances), with its confidence interval."
+    from scipy import stats
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if len(a) < 2 or len(b) < 2: raise ValueError(f"a t-test needs at least 2 values per arm, got {len(a)} and {len(b)}")
+    (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    diff, se = ma - mb, math.sqrt(va + vb)
+    res = dict(n_a=len(a), n_b=len(b), mean_a=ma, mean_b=mb, diff=diff)
+    if se == 0:  # no spread in either arm: the difference is exact
+        return dict(res, t=math.copysign(math.inf, diff) if diff else 0.0, df=len(a) + len(b) - 2, p=0.0 if diff else 1.0, ci=(diff, diff))
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    t = diff / se
+    q = stats.t.ppf(0.5 + level / 2, df)
+    return dict(res, t=t, df=df, p=float(2 * stats.t.sf(abs(t), df)), ci=(diff - q * se, diff + q * se))
+
+def seed_agreement(genotypes:list[dict], # genotype.json contents of the runs (one per seed)
+                  ) -> list[dict]:
+    "Per searched layer over the runs: the modal op, the share of runs that chose it, the mean margin and the share decided."
+    import collections
+    out = []
+    for cell in ('projector', 'predictor'):
+        for i in range(max((len(g.get(cell, [])) for g in genotypes), default=0)):
+            ops = ['+'.join(g[cell][i]) for g in genotypes if i < len(g.get(cell, []))]
+            conf = [g['confidence'][cell][i] for g in genotypes if g.get('confidence') and i < len(g['confidence'].get(cell, []))]
+            modal, count = collections.Counter(ops).most_common(1)[0]
+            out.append(dict(layer=f'{cell}.{i}', modal_op=modal, share=count / len(ops), runs=len(ops),
+                            mean_margin=sum(c['margin'] for c in conf) / len(conf) if conf else None,
+                            decided=sum(c['decided'] for c in conf) / len(conf) if conf else None))
+    return out
+
+def arm_comparisons(rows:list[dict], # rows of results.csv
+                    params:list[str], # the parameter columns
+                    metric:str='knn_top1', # the column compared
+                    arm:str='heads', # the parameter whose values are the arms
+                    reference:str='searched', # the arm compared with each of the others
+                   ) -> list[dict]:
+    "Per combination of the other varying parameters (seeds pooled): each arm's mean ± std of `metric`, and Welch's test of `reference` against every other arm."
+    done = [r for r in rows if r.get('status') == 'done' and isinstance(r.get(metric), float) and not math.isnan(r[metric])]
+    by = [p for p in params if p not in (arm, 'seed') and len({str(r.get(p)) for r in rows}) > 1]
+    groups = {}
+    for r in done: groups.setdefault(', '.join(f'{p}={r.get(p)}' for p in by), {}).setdefault(str(r.get(arm)), []).append(r[metric])
+    out = []
+    for group, arms in groups.items():
+        summary = {a: dict(zip(('mean', 'std'), _mean_std(xs)), n=len(xs)) for a, xs in arms.items()}
+        tests = {a: welch_test(arms[reference], xs) for a, xs in arms.items()
+                 if a != reference and len(arms.get(reference, [])) > 1 and len(xs) > 1}
+        out.append(dict(group=group or 'all runs', metric=metric, arms=summary, tests=tests))
+    return out
+
+# %% ../nbs/11_experiments.ipynb #c025
+ACCURACY_COLUMN = re.compile(r'(^|[._])(knn|linear)[^,]*top1')
 
 def accuracy_figure(rows:list[dict], # rows of results.csv
                     params:list[str], # the parameter columns
@@ -385,9 +463,49 @@ def _alpha_figures(out:Path, rows:list[dict]) -> dict:
                 cells.setdefault(cell, []).append((label, fig))
     return cells
 
+def _table(header:list, rows:list) -> str:
+    cell = lambda v: html.escape(f'{v:.3g}' if isinstance(v, float) else str(v))
+    return ('<table><tr>' + ''.join(f'<th>{html.escape(h)}</th>' for h in header) + '</tr>'
+            + ''.join('<tr>' + ''.join(f'<td>{cell(v)}</td>' for v in r) + '</tr>' for r in rows) + '</table>')
+
+def _arms_html(rows, params) -> list[str]:
+    "Each arm's mean ± std and searched-vs-other tests, per accuracy column, when the sweep varies `heads`."
+    if 'heads' not in params or len({str(r.get('heads')) for r in rows}) < 2: return []
+    metrics = [c for c in (rows[0] if rows else {}) if ACCURACY_COLUMN.search(c) and not c.startswith(('val_', 'best_', 'random_init'))]
+    parts = ["<h2>Searched heads against the other arms</h2>"]
+    for m in metrics:
+        for cmp in arm_comparisons(rows, params, m):
+            parts.append(f"<h3>{html.escape(m)}: {html.escape(cmp['group'])}</h3>")
+            parts.append(_table(['heads', 'mean', 'std', 'seeds'], [[a, s['mean'], s['std'], s['n']] for a, s in cmp['arms'].items()]))
+            for other, t in cmp['tests'].items():
+                verdict = 'a difference at the 5% level' if t['p'] < 0.05 else 'no difference at the 5% level'
+                parts.append(f"<p>searched − {html.escape(other)}: {t['diff']:+.2f} points, 95% CI [{t['ci'][0]:+.2f}, {t['ci'][1]:+.2f}]; "
+                             f"Welch's t = {t['t']:.2f}, df = {t['df']:.1f}, two-sided p = {t['p']:.3g}, with {t['n_a']} and {t['n_b']} seeds: {verdict}.</p>")
+            if 'searched' not in cmp['arms']: parts.append("<p>No finished 'searched' point in this group to compare with.</p>")
+    return parts
+
+def _agreement_html(out, rows, params) -> list[str]:
+    "Per combination of the other varying parameters, the seed agreement of the points' searches, layer by layer."
+    by = [p for p in params if p != 'seed' and len({str(r.get(p)) for r in rows}) > 1]
+    groups = {}
+    for r in rows:
+        g = search_genotype(out / r['point']) if r.get('status') == 'done' else None
+        if g is not None: groups.setdefault(', '.join(f'{p}={r.get(p)}' for p in by) or 'all runs', []).append(g)
+    parts = []
+    for label, gs in groups.items():
+        if len(gs) < 2: continue
+        parts.append(f"<h2>Seed agreement of the search: {html.escape(label)} ({len(gs)} runs)</h2>"
+                     "<p>Per layer: the op most runs chose, the share of runs that chose it (one op in 7 at random), "
+                     "the mean top-1 − top-2 margin and the share of runs in which the layer was decided.</p>")
+        parts.append(_table(['layer', 'modal op', 'share of runs', 'runs', 'mean margin', 'share decided'],
+                            [[a['layer'], a['modal_op'], f"{a['share']:.0%}", a['runs'],
+                              '' if a['mean_margin'] is None else a['mean_margin'], '' if a['decided'] is None else f"{a['decided']:.0%}"]
+                             for a in seed_agreement(gs)]))
+    return parts
+
 def write_summary(out:str|Path # a sweep folder holding results.csv
                  ) -> Path:
-    "Write `out/summary.html` (standalone, plotly.js inline once): accuracy bars, alpha heatmaps side by side, the table."
+    "Write `out/summary.html` (standalone, plotly.js inline once): accuracy bars, arms compared, seed agreement, alpha heatmaps side by side, the table."
     out = Path(out)
     if not (out / 'results.csv').is_file(): collect_results(out)
     rows = read_results(out / 'results.csv')
@@ -401,6 +519,8 @@ def write_summary(out:str|Path # a sweep folder holding results.csv
     parts = [f"<h1>Sweep: {html.escape(out.name)}</h1>",
              f"<p>{len(rows)} points: {counts['done']} done, {counts['failed']} failed, {counts['pending']} not run.</p>"]
     if counts['done']: parts.append(fig_html(accuracy_figure(rows, params)))
+    parts += _arms_html(rows, params)
+    parts += _agreement_html(out, rows, params)
     for cell, items in _alpha_figures(out, rows).items():
         parts.append(f"<h2>{html.escape(cell)}: op weights at the end of each search</h2><div class='row'>")
         parts += [f"<div>{fig_html(fig)}</div>" for _, fig in items]

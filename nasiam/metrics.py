@@ -107,7 +107,8 @@ class DecisionTracker:
             w = a.softmax(-1)
             margin, entropy, arg = alpha_margin(w).tolist(), alpha_entropy(a).tolist(), w.argmax(-1).tolist()
             prev, held = self.choice.get(name), self.held.get(name)
-            held = [held[i] + 1 if prev is not None and prev[i] == c else 1 for i, c in enumerate(arg)]
+            # a tie (every layer at initialisation, or during a warm-up) is no choice: it has held for 0 epochs
+            held = [0 if margin[i] == 0 else held[i] + 1 if prev is not None and prev[i] == c else 1 for i, c in enumerate(arg)]
             self.choice[name], self.held[name] = arg, held
             out[name] = [dict(op=ops[c], weight=w[i, c].item(), margin=margin[i], entropy=entropy[i], stable_epochs=held[i],
                               decided=margin[i] >= self.margin and held[i] >= self.patience) for i, c in enumerate(arg)]

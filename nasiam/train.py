@@ -7,7 +7,7 @@ __all__ = ['RunConfig', 'validate', 'resolve_device', 'resolve_precision', 'seed
            'NonFiniteLoss', 'Run', 'search', 'pretrain', 'model_from_checkpoint', 'evaluate_model', 'evaluate_run']
 
 # %% ../nbs/08_train.ipynb #c002
-import dataclasses, json, math, os, random, time
+import dataclasses, json, math, os, random, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from contextlib import nullcontext
@@ -21,7 +21,8 @@ from .backbones import BACKBONES
 from .frameworks import FRAMEWORKS, build_model, SiameseModel
 from .data import DATASETS, load_dataset, stratified_split, TwoViewAugment, BatchStream
 from .evaluate import extract_features, knn_accuracy, linear_probe
-from .metrics import MetricsWriter, CollapseDetector, collapse_metrics, grad_norm, alpha_entropy, truncate_after
+from .metrics import (MetricsWriter, CollapseDetector, collapse_metrics, grad_norm, alpha_entropy, truncate_after,
+                            DecisionTracker, decision_summary, DECISION_MARGIN, DECISION_PATIENCE)
 from .ops import NON_PARAMETRIC
 from .dashboard import write_report
 from .files import atomic_write_text, atomic_save, remove_stale_temporaries
@@ -46,12 +47,15 @@ class RunConfig:
     weight_decay: float|None = None
     fix_pred_lr: bool = True  # SimSiam: the predictor keeps a constant lr
     arch_lr: float|None = None  # default 1e-3 (SimSiam, SimCLR), 3e-4 (MoCo)
-    arch_weight_decay: float = 1e-3
+    arch_weight_decay: float|None = None  # default 1e-3 (AdamW: SimSiam, MoCo); 0 for SimCLR, whose original Adam has none
+    arch_warmup_epochs: int = 0  # search: epochs that train only the weights before the alphas move (DARTS-family warm-up)
     arch_updates: str = 'step'  # 'step': one alpha step per weight step; 'epoch': one per epoch (the original SimCLR)
     train_portion: float = 0.5  # search: share of the training split that trains the weights
     alpha_l1: float = 0.0  # L1 penalty on the non-parametric ops' alphas (0.5 in the paper's experiments)
     reg_ratio: float = 0.25  # ... decaying linearly to zero over this share of the epochs
     derive: str = 'sparse'  # 'sparse' or 'edge'
+    decision_margin: float = DECISION_MARGIN  # a layer is decided when its top-1 − top-2 op weight reaches this ...
+    decision_patience: int = DECISION_PATIENCE  # ... and its choice has held for this many epoch ends
     options: dict = field(default_factory=dict)  # framework options: stop_gradient, queue_size, momentum, temperature, ...
     val_fraction: float = 0.1  # held-out share of the training set, for monitoring and checkpoint choice
     knn_k: int = 200
@@ -74,6 +78,7 @@ class RunConfig:
         if c.lr is None: c.lr = 1e-3 if simclr else 0.06
         if c.weight_decay is None: c.weight_decay = 1e-6 if simclr else 5e-4
         if c.arch_lr is None: c.arch_lr = 3e-4 if c.framework == 'moco' else 1e-3
+        if c.arch_weight_decay is None: c.arch_weight_decay = 0.0 if simclr else 1e-3
         if c.image_size is None: c.image_size = 32  # CIFAR-sized; give --image-size 224 for ImageNet-sized folders
         if c.framework == 'moco':
             c.options.setdefault('momentum', 0.99 if c.image_size <= 64 else 0.999)
@@ -100,6 +105,13 @@ def validate(c:RunConfig) -> RunConfig:
     if c.heads == 'genotype': load_genotype(c.genotype, c.framework)  # a bad name or file fails here, before anything is written
     for name in ('epochs', 'batch_size', 'knn_k', 'log_every', 'monitor_every'):
         if not isinstance(getattr(c, name), int) or getattr(c, name) < 1: raise ValueError(f"{name} must be a positive integer, got {getattr(c, name)!r}")
+    if not isinstance(c.arch_warmup_epochs, int) or c.arch_warmup_epochs < 0:
+        raise ValueError(f"arch_warmup_epochs must be a non-negative integer, got {c.arch_warmup_epochs!r}")
+    if c.mode == 'search' and c.arch_warmup_epochs >= c.epochs:
+        raise ValueError(f"arch_warmup_epochs ({c.arch_warmup_epochs}) must be smaller than epochs ({c.epochs}), or the alphas never move")
+    if not 0 < c.decision_margin < 1: raise ValueError(f"decision_margin must lie strictly between 0 and 1, got {c.decision_margin!r}")
+    if not isinstance(c.decision_patience, int) or c.decision_patience < 1:
+        raise ValueError(f"decision_patience must be a positive integer, got {c.decision_patience!r}")
     for name in ('train_portion', 'val_fraction'):
         v = getattr(c, name)
         if not 0 < v < 1: raise ValueError(f"{name} must lie strictly between 0 and 1, got {v!r}")
@@ -176,6 +188,8 @@ class Run:
         if self.main: self._check_dir(resume, force)
         self.device = resolve_device(self.c.device)
         self.amp_dtype = resolve_precision(self.c.precision, self.device)
+        if self.main and self.device.type == 'cpu' and self.amp_dtype == torch.bfloat16 and not _cpu_has_bf16():
+            warnings.warn("this CPU has neither AMX nor AVX-512 BF16: bf16 runs here many times slower than fp32 (use --precision auto or fp32)", stacklevel=2)
         self.channels_last = self.c.channels_last
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = not self.c.deterministic
@@ -261,6 +275,7 @@ class Run:
         else: self.a_opt = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.detector = CollapseDetector()
+        self.decisions, self.confidence = DecisionTracker(c.decision_margin, c.decision_patience), None
 
     def _weight_optimizer(self):
         c, m = self.c, self.model
@@ -306,7 +321,8 @@ class Run:
                     arch_stream=self.arch_stream.state_dict() if self.arch_stream else None,
                     rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                              aug=self.aug_gen.get_state(), python=list(random.getstate()[1])),
-                    best_val=self.best_val, detector=vars(self.detector).copy())
+                    best_val=self.best_val, detector=vars(self.detector).copy(),
+                    decisions=self.decisions.state_dict(), confidence=self.confidence)
 
     def save(self):
         if self.main: atomic_save(self.state(), self.out / 'checkpoint.pt')
@@ -331,6 +347,8 @@ class Run:
         random.setstate((3, tuple(r['python']), None))
         self.step, self.epoch, self.best_val = ck['step'], ck['epoch'], ck['best_val']
         vars(self.detector).update(ck['detector'])
+        if ck.get('decisions'): self.decisions.load_state_dict(ck['decisions'])
+        self.confidence = ck.get('confidence')
 
     # -- steps -----------------------------------------------------------------------------------
     def _autocast(self):
@@ -422,9 +440,10 @@ class Run:
             t0, losses = time.time(), []
             bar = tqdm(total=self.steps_per_epoch, initial=self.weight_stream.position, desc=f"{c.mode} {self.epoch + 1}/{c.epochs}",
                        disable=not (self.progress and self.main), leave=False)
-            if searching and c.arch_updates == 'epoch' and self.weight_stream.position == 0: self.arch_step(next(arch_batches))
+            alphas_move = searching and self.epoch >= c.arch_warmup_epochs  # after the warm-up, if any
+            if alphas_move and c.arch_updates == 'epoch' and self.weight_stream.position == 0: self.arch_step(next(arch_batches))
             for idx in self.weight_stream.epoch_batches():
-                arch_loss = self.arch_step(next(arch_batches)) if searching and c.arch_updates == 'step' else None
+                arch_loss = self.arch_step(next(arch_batches)) if alphas_move and c.arch_updates == 'step' else None
                 out = self.weight_step(idx)
                 self.step += 1; bar.update()
                 if out is None: continue
@@ -448,9 +467,12 @@ class Run:
             self._check_ranks_agree()
             g = self.model.genotype(c.derive, source=f"search {self.out.name} epoch {self.epoch}")
             rec['genotype'] = {'projector': [list(l) for l in g.projector], 'predictor': [list(l) for l in g.predictor]}
-            if self.main: atomic_write_text(self.out / 'genotype.json', g.to_json(indent=1))
+            self.confidence = self.decisions.update({n: cell.alphas for n, cell in self.model.search_cells().items()}, list(self._primitives()))
+            rec['confidence'], rec['decided'] = self.confidence, decision_summary(self.confidence)
+            if self.main: atomic_write_text(self.out / 'genotype.json', self._with_confidence(g).to_json(indent=1))
             self.log_alphas()
-            summary += f"  | {g}"
+            warm = c.arch_warmup_epochs and self.epoch <= c.arch_warmup_epochs
+            summary += f"  | {rec['decided']['decided']}/{rec['decided']['layers']} layers decided" + ("  (warm-up: alphas still)" if warm else '') + f"  | {g}"
         if c.knn_every and (self.epoch % c.knn_every == 0 or self.epoch == c.epochs):
             if self.main:
                 rec['val_knn_top1'] = acc = self.val_knn()
@@ -463,6 +485,11 @@ class Run:
         self.save()
         if self.main:  # one line per epoch, also without progress bars: headless runs stream it to their log
             (tqdm.write if self.progress else lambda line: print(line, flush=True))(f"{summary}  ({seconds:.1f}s)")
+
+    def _with_confidence(self, g:Genotype) -> Genotype:
+        "`g` with the per-layer decision confidence of the last epoch end and the rule that judged it."
+        if self.confidence is None: return g
+        return dataclasses.replace(g, confidence=dict(rule=self.decisions.rule(), epoch=self.epoch, **self.confidence))
 
     def _check_ranks_agree(self):
         if self.world == 1: return True
@@ -479,6 +506,9 @@ class Run:
         if self.a_opt is not None:
             res['genotype'] = str(self.model.genotype(self.c.derive))
             res['ranks_agree'] = self._check_ranks_agree()
+            if self.confidence is not None:
+                d = decision_summary(self.confidence)
+                res.update(decided=f"{d['decided']}/{d['layers']}", undecided=d['undecided'])
         self.log('event', event='end', message='run finished', world_size=self.world, **{k: v for k, v in res.items() if k != 'run'})
         if self.writer:
             self.writer.close()
