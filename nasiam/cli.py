@@ -10,7 +10,7 @@ import argparse, dataclasses, json, os, sys
 from pathlib import Path
 from .genotype import Genotype
 from .backbones import BACKBONES
-from .frameworks import FRAMEWORKS
+from .frameworks import FRAMEWORKS, STEMS
 from .data import DATASETS
 from .experiments import add_subcommands, run_subcommand
 from .train import RunConfig, search, pretrain, evaluate_run, NonFiniteLoss
@@ -35,6 +35,7 @@ def _common(p, search_mode):
     p.add_argument('--download', action='store_true', help='download CIFAR when missing')
     p.add_argument('--image-size', type=_positive_int, default=None)
     p.add_argument('--backbone', choices=BACKBONES, default=d.backbone)
+    p.add_argument('--stem', choices=tuple(STEMS), default=d.stem, help="auto: CIFAR's 3x3 conv up to 64 px; imagenet: 7x7/2 conv + max-pool, as the original's ResNet-50 CIFAR searches")
     p.add_argument('--epochs', type=_positive_int, default=d.epochs)
     p.add_argument('--batch-size', type=_positive_int, default=d.batch_size)
     p.add_argument('--lr', type=float, default=None, help='base learning rate (SGD: scaled by batch/256)')
@@ -60,6 +61,7 @@ def _common(p, search_mode):
         p.add_argument('--train-portion', type=float, default=d.train_portion)
         p.add_argument('--arch-lr', type=float, default=None, help='alpha learning rate (default 1e-3; MoCo 3e-4)')
         p.add_argument('--arch-weight-decay', type=float, default=None, help='alpha weight decay (default 1e-3; SimCLR 0, as in the original)')
+        p.add_argument('--arch-steps', type=_positive_int, default=d.arch_steps, help='alpha updates per weight update')
         p.add_argument('--arch-warmup-epochs', type=int, default=d.arch_warmup_epochs, help='epochs that train only the weights before the alphas move')
         p.add_argument('--decision-margin', type=float, default=d.decision_margin,
                        help='a layer is decided when its top-1 minus top-2 op weight reaches this ...')
@@ -91,13 +93,13 @@ def _options(items):
 
 def _config(a, mode) -> RunConfig:
     kw = dict(mode=mode, framework=a.framework, dataset=a.dataset, data_dir=a.data_dir, download=a.download,
-              image_size=a.image_size, backbone=a.backbone, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+              image_size=a.image_size, backbone=a.backbone, stem=a.stem, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
               weight_decay=a.weight_decay, device=a.device, precision=a.precision, compile=a.compile, seed=a.seed,
               val_fraction=a.val_fraction, knn_k=a.knn_k, knn_every=a.knn_every, log_every=a.log_every,
               checkpoint_every=a.checkpoint_every, on_nan=a.on_nan, options=_options(a.option))
     if mode == 'search':
         kw.update(heads='search', space=a.space, train_portion=a.train_portion, arch_lr=a.arch_lr, arch_weight_decay=a.arch_weight_decay,
-                  arch_warmup_epochs=a.arch_warmup_epochs, arch_updates=a.arch_updates, alpha_l1=a.alpha_l1, reg_ratio=a.reg_ratio,
+                  arch_steps=a.arch_steps, arch_warmup_epochs=a.arch_warmup_epochs, arch_updates=a.arch_updates, alpha_l1=a.alpha_l1, reg_ratio=a.reg_ratio,
                   derive=a.derive, decision_margin=a.decision_margin, decision_patience=a.decision_patience)
     else:
         kw.update(heads='standard' if a.standard else 'genotype', genotype=a.genotype, fix_pred_lr=not a.no_fix_pred_lr)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 from .genotype import Genotype, load_genotype
 from .backbones import BACKBONES
-from .frameworks import FRAMEWORKS, build_model, SiameseModel
+from .frameworks import FRAMEWORKS, STEMS, build_model, SiameseModel
 from .data import DATASETS, load_dataset, stratified_split, TwoViewAugment, BatchStream
 from .evaluate import extract_features, knn_accuracy, linear_probe
 from .metrics import (MetricsWriter, CollapseDetector, collapse_metrics, grad_norm, alpha_entropy, truncate_after,
@@ -41,6 +41,7 @@ class RunConfig:
     download: bool = False
     image_size: int|None = None  # default: the dataset's (32)
     backbone: str = 'resnet_mini'
+    stem: str = 'auto'  # backbone stem: auto (CIFAR's 3x3 conv up to 64 px), cifar, or imagenet (the original's ResNet-50 CIFAR searches)
     epochs: int = 2
     batch_size: int = 512
     lr: float|None = None  # base lr (SGD: scaled by batch/256); default per framework
@@ -48,6 +49,7 @@ class RunConfig:
     fix_pred_lr: bool = True  # SimSiam: the predictor keeps a constant lr
     arch_lr: float|None = None  # default 1e-3 (SimSiam, SimCLR), 3e-4 (MoCo)
     arch_weight_decay: float|None = None  # default 1e-3 (AdamW: SimSiam, MoCo); 0 for SimCLR, whose original Adam has none
+    arch_steps: int = 1  # search: alpha updates per weight update (each on its own architecture batch)
     arch_warmup_epochs: int = 0  # search: epochs that train only the weights before the alphas move (DARTS-family warm-up)
     arch_updates: str = 'step'  # 'step': one alpha step per weight step; 'epoch': one per epoch (the original SimCLR)
     train_portion: float = 0.5  # search: share of the training split that trains the weights
@@ -96,6 +98,7 @@ def validate(c:RunConfig) -> RunConfig:
     _choice('framework', c.framework, FRAMEWORKS)
     _choice('dataset', c.dataset, DATASETS)
     _choice('backbone', c.backbone, BACKBONES)
+    _choice('stem', c.stem, tuple(STEMS))
     _choice('heads', c.heads, ('search',) if c.mode == 'search' else ('genotype', 'standard'))
     _choice('derive', c.derive, ('sparse', 'edge'))
     _choice('arch_updates', c.arch_updates, ('step', 'epoch'))
@@ -103,7 +106,7 @@ def validate(c:RunConfig) -> RunConfig:
     _choice('precision', c.precision, ('auto', 'fp32', 'bf16', 'fp16'))
     if c.heads == 'genotype' and not c.genotype: raise ValueError("pretraining with genotype heads needs --genotype (a preset name or a file)")
     if c.heads == 'genotype': load_genotype(c.genotype, c.framework)  # a bad name or file fails here, before anything is written
-    for name in ('epochs', 'batch_size', 'knn_k', 'log_every', 'monitor_every'):
+    for name in ('epochs', 'batch_size', 'knn_k', 'log_every', 'monitor_every', 'arch_steps'):
         if not isinstance(getattr(c, name), int) or getattr(c, name) < 1: raise ValueError(f"{name} must be a positive integer, got {getattr(c, name)!r}")
     if not isinstance(c.arch_warmup_epochs, int) or c.arch_warmup_epochs < 0:
         raise ValueError(f"arch_warmup_epochs must be a non-negative integer, got {c.arch_warmup_epochs!r}")
@@ -224,8 +227,8 @@ class Run:
         if cfg.exists() and resume:
             try: old = json.loads(cfg.read_text())
             except ValueError: raise ValueError(f"{str(cfg)!r} is not valid JSON; start over with --force") from None
-            for k in ('mode', 'framework', 'backbone', 'dataset', 'heads', 'genotype', 'space'):
-                if old.get(k) != getattr(self.c, k):
+            for k in ('mode', 'framework', 'backbone', 'dataset', 'heads', 'genotype', 'space', 'stem'):
+                if old.get(k, getattr(RunConfig, k, None)) != getattr(self.c, k):
                     raise ValueError(f"cannot resume {str(self.out)!r}: it holds a run with {k}={old.get(k)!r}, not {getattr(self.c, k)!r}")
 
     def _claim_dir(self, resume, force):
@@ -255,7 +258,7 @@ class Run:
     def _build(self):
         c = self.c
         genotype = c.genotype if c.heads == 'genotype' else None
-        self.model = build_model(c.framework, c.heads, c.backbone, genotype, c.image_size, c.space, **c.options).to(self.device)
+        self.model = build_model(c.framework, c.heads, c.backbone, genotype, c.image_size, c.space, c.stem, **c.options).to(self.device)
         if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         if self.world > 1:
             # SyncBatchNorm needs CUDA; on the CPU (gloo) each process keeps its own BatchNorm statistics
@@ -443,7 +446,9 @@ class Run:
             alphas_move = searching and self.epoch >= c.arch_warmup_epochs  # after the warm-up, if any
             if alphas_move and c.arch_updates == 'epoch' and self.weight_stream.position == 0: self.arch_step(next(arch_batches))
             for idx in self.weight_stream.epoch_batches():
-                arch_loss = self.arch_step(next(arch_batches)) if alphas_move and c.arch_updates == 'step' else None
+                arch_loss = None
+                if alphas_move and c.arch_updates == 'step':
+                    for _ in range(c.arch_steps): arch_loss = self.arch_step(next(arch_batches))
                 out = self.weight_step(idx)
                 self.step += 1; bar.update()
                 if out is None: continue
@@ -531,7 +536,7 @@ def pretrain(config:RunConfig|None=None, out:str|Path='runs/pretrain', resume=Fa
 def model_from_checkpoint(ck:dict, device='cpu') -> SiameseModel:
     "Rebuild the model of a checkpoint and load its weights."
     c = RunConfig(**ck['config']).resolved()
-    m = build_model(c.framework, c.heads, c.backbone, c.genotype if c.heads == 'genotype' else None, c.image_size, c.space, **c.options)
+    m = build_model(c.framework, c.heads, c.backbone, c.genotype if c.heads == 'genotype' else None, c.image_size, c.space, c.stem, **c.options)
     m.load_state_dict(ck['model'])
     return m.to(device).eval()
 

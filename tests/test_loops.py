@@ -75,9 +75,9 @@ def test_refusals_leave_files_alone(tmp_path):
 
 
 def test_torchrun_two_processes(tmp_path):
-    "A 2-process gloo search: both ranks finish with the same genotype and identical alphas."
+    "A 2-process gloo search with the held-out kNN every epoch: rank 0 measures while rank 1 waits, and both finish with the same genotype and alphas."
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--standalone', '-m', 'nasiam',
-           'search', '--epochs', '1', '--out', str(tmp_path / 'ddp'), *FAST]
+           'search', '--epochs', '2', '--knn-every', '1', '--out', str(tmp_path / 'ddp'), *FAST]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     results = [json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')]
@@ -85,6 +85,7 @@ def test_torchrun_two_processes(tmp_path):
     assert results[0]['genotype'] == results[1]['genotype'] and all(r['ranks_agree'] for r in results)
     end = records(tmp_path / 'ddp', 'event')[-1]
     assert end['event'] == 'end' and end['world_size'] == 2
+    assert all('val_knn_top1' in e for e in records(tmp_path / 'ddp', 'epoch'))
 
 
 def test_python_dash_m(tmp_path):
