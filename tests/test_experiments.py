@@ -100,7 +100,7 @@ def test_search_then_evaluate_notebooks(pretrained, tiny_images, tmp_path):
 
 def test_quickstart_notebook(tiny_images, tmp_path):
     out = tmp_path / 'qs'
-    params = dict(TINY, data_dir=str(tiny_images), search_epochs=1, pretrain_epochs=1)
+    params = dict(TINY, data_dir=str(tiny_images), search_epochs=1, arch_warmup_epochs=0, pretrain_epochs=1)
     run_notebook(EXPERIMENTS / 'quickstart.ipynb', out, params)
     check_executed(out / 'quickstart.ipynb', dict(params, out=str(out)))
     assert (out / 'search' / 'genotype.json').is_file() and (out / 'pretrain' / 'metrics.jsonl').is_file()
