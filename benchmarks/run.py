@@ -257,14 +257,14 @@ def bench_lightly(args, device, rows, res, tmp):
 # -- dashboard -------------------------------------------------------------------------------------------
 def bench_dashboard(args, device, rows, res, tmp):
     "Milliseconds of one live refresh of every figure (FigureWidgets updated in place) of a 6+4-layer search with 500 alpha snapshots."
-    from nasiam.dashboard import Dashboard, run_figures, write_demo_run, write_report
+    from nasiam.dashboard import Dashboard, RunHistory, run_figures, write_demo_run, write_report
     from nasiam.metrics import MetricsWriter, read_metrics
     run = Path(tmp) / 'dashboard'
     with MetricsWriter(run / 'metrics.jsonl') as w:  # 5 x 1000 steps, alphas every 10 steps: 500 snapshots per cell
         write_demo_run(w, epochs=5, steps_per_epoch=1000, cells={'projector': 6, 'predictor': 4}, alpha_every=10)
     records = read_metrics(run / 'metrics.jsonl')
     cut = [i for i, r in enumerate(records) if r['kind'] == 'alphas'][-1]  # hold back the last snapshot and what follows
-    dash = Dashboard(live=True, every_steps=None, every_seconds=None)
+    dash = Dashboard(live=True, every_steps=None, every_seconds=None, history=RunHistory(alpha_cap=1024))  # room to keep all 500
     for r in records[:cut]: dash.history.add(r)
     dash.refresh()  # builds the widgets
     assert all(len(dash.history.alphas[c]) == 499 for c in ('projector', 'predictor'))
