@@ -359,7 +359,7 @@ def alpha_atlas(history: RunHistory, # the run so far
                       coloraxis=dict(colorscale=colours['colorscale'], cmin=colours['zmin'], cmax=colours['zmax'],
                                      colorbar=dict(title=_scale_title(scale, w.shape[-1]))),
                       margin=dict(t=70, b=40))
-    fig.update_yaxes(tickfont=dict(size=9))
+    fig.update_yaxes(tickfont=dict(size=9), autorange='reversed')  # ops top to bottom, in the heatmap's order
     fig.update_xaxes(title_text='step', row=n_layers, col=1)
     return fig
 

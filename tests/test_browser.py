@@ -138,7 +138,7 @@ def test_quickstart_screenshots(tmp_path, browser):
     "After the quickstart (`nasiam run`, default parameters): screenshots of its search's heatmap, margin panel and atlas."
     dest = Path(os.environ['NASIAM_SCREENSHOTS']); dest.mkdir(parents=True, exist_ok=True)
     out = tmp_path / 'quickstart'
-    assert nasiam_main(['run', str(REPO / 'nbs/experiments/quickstart.ipynb'), '--out', str(out), '--quiet']) == 0
+    assert nasiam_main(['run', str(REPO / 'nbs/experiments/quickstart.ipynb'), '--out', str(out)]) == 0  # prints its progress (pytest -s shows it)
     page = browser.new_page(viewport=dict(width=1000, height=900))
     page.route(lambda url: not url.startswith('file:'), lambda route: route.abort())
     page.goto((out / 'search' / 'report.html').as_uri())
