@@ -230,6 +230,10 @@ def _digits(values: np.ndarray) -> int:
 def _scale_title(scale: str, n_ops: int) -> str:
     return {'deviation': f'weight − 1/{n_ops}', 'weight': 'weight', 'logit': 'logit − mean'}[scale]
 
+def _fmt_margin(m: float) -> str:
+    "A margin with the digits that show it: 0.004, 0.00031, 0."
+    return f'{m:.3f}' if m >= 0.001 else f'{m:.2g}'
+
 def _rule_text(history: RunHistory) -> str:
     margin, patience = history.decision_rule
     return f"margin ≥ {margin:g} held ≥ {patience} epochs" + ('' if history.confidence else '; no epoch has recorded a decision yet')
@@ -293,7 +297,7 @@ def alpha_trajectories(history: RunHistory, # the run so far
     for l in range(n_layers):
         xref, yref = _axes(l)
         changes, best, s = argmax_changes(snaps, l), int(w[-1, l].argmax()), status[l]
-        title = f"layer {l}: {ops[best]} ({'decided' if s['decided'] else 'undecided'}, margin {s['margin']:.3f})"
+        title = f"layer {l}: {ops[best]} ({'decided' if s['decided'] else 'undecided'}, margin {_fmt_margin(s['margin'])})"
         if len(changes) > max_marks: title += f"; {len(changes)} changes of choice, the last at step {changes[-1][0]} → {ops[changes[-1][1]]}"
         titles.append(title)
         for k, op in enumerate(ops):
@@ -329,13 +333,17 @@ def alpha_margins(history: RunHistory, # the run so far
     fig = go.Figure([go.Scatter(x=steps, y=margins[:, l].tolist(), mode='lines', name=f'layer {l}',
                                 line=dict(color=_OP_COLORS[l % 7], width=1.5, dash='solid' if s['decided'] else 'dot'))
                      for l, s in enumerate(status)])
+    top = float(margins.max())
     fig.add_hline(y=threshold, line=dict(color='black', dash='dash', width=1),
                   annotation_text=f'decision margin {threshold:g}', annotation_position='top left')
+    if top < threshold / 2:  # a short search: fit the margins, and say where the threshold lies
+        fig.add_annotation(text=f'decision margin {threshold:g}: above this range ({threshold / max(top, 1e-12):.0f}× the largest margin)',
+                           xref='paper', yref='paper', x=0, y=1, xanchor='left', yanchor='bottom', yshift=4, showarrow=False, font=dict(size=11))
     decided = sum(s['decided'] for s in status)
     fig.update_layout(title=dict(text=f'{cell}: margin of the chosen op (top-1 − top-2 weight)<br><sub>{decided}/{len(status)} layers'
                                       f' decided ({_rule_text(history)}); solid: decided, dotted: undecided</sub>'),
-                      xaxis_title='step', yaxis=dict(title='margin', range=[0, 1.15 * max(float(margins.max()), threshold)]),
-                      height=360, margin=dict(t=80, b=40))
+                      xaxis_title='step', yaxis=dict(title='margin', range=[0, 1.15 * (top if top < threshold / 2 else max(top, threshold))]),
+                      height=380, margin=dict(t=100, b=40))
     return fig
 
 def alpha_atlas(history: RunHistory, # the run so far
@@ -451,7 +459,7 @@ def decision_sentence(history: RunHistory, # the run so far
     rule = f'margin ≥ {margin:g}, choice held ≥ {patience} epochs' + ('' if history.confidence else '; no epoch has recorded a decision yet')
     undecided = [(name, s) for name, s in layers if not s['decided']]
     if not undecided: return f'Search decided all {len(layers)} layers ({rule}).'
-    names = ', '.join(f"{name} (margin {s['margin']:.3f})" for name, s in undecided)
+    names = ', '.join(f"{name} (margin {_fmt_margin(s['margin'])})" for name, s in undecided)
     return f'Search decided {len(layers) - len(undecided)}/{len(layers)} layers ({rule}); undecided: {names}.'
 
 # %% ../nbs/07a_dashboard.ipynb #c024

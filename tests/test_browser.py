@@ -133,12 +133,17 @@ def test_cli_report_of_real_search(tmp_path, browser, digits):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get('NASIAM_SCREENSHOTS'), reason='set NASIAM_SCREENSHOTS=DIR to run the quickstart and save screenshots there')
+@pytest.mark.skipif(not os.environ.get('NASIAM_SCREENSHOTS'), reason='set NASIAM_SCREENSHOTS=DIR to run the quickstart and save screenshots there '
+                                                                   '(NASIAM_QUICKSTART_RUN=DIR to use a run already made)')
 def test_quickstart_screenshots(tmp_path, browser):
     "After the quickstart (`nasiam run`, default parameters): screenshots of its search's heatmap, margin panel and atlas."
     dest = Path(os.environ['NASIAM_SCREENSHOTS']); dest.mkdir(parents=True, exist_ok=True)
-    out = tmp_path / 'quickstart'
-    assert nasiam_main(['run', str(REPO / 'nbs/experiments/quickstart.ipynb'), '--out', str(out)]) == 0  # prints its progress (pytest -s shows it)
+    if os.environ.get('NASIAM_QUICKSTART_RUN'):  # a quickstart run already made: its report is written again from its records
+        out = Path(os.environ['NASIAM_QUICKSTART_RUN'])
+        write_report(out / 'search')
+    else:
+        out = tmp_path / 'quickstart'
+        assert nasiam_main(['run', str(REPO / 'nbs/experiments/quickstart.ipynb'), '--out', str(out)]) == 0  # prints its progress (pytest -s shows it)
     page = browser.new_page(viewport=dict(width=1000, height=900))
     page.route(lambda url: not url.startswith('file:'), lambda route: route.abort())
     page.goto((out / 'search' / 'report.html').as_uri())
