@@ -9,7 +9,7 @@ __all__ = ['ALPHA_SCALES', 'ALPHA_FIGURES', 'Series', 'RunHistory', 'demo_alphas
            'write_report']
 
 # %% ../nbs/07a_dashboard.ipynb #c002
-import html, math, os, tempfile, time
+import copy, functools, html, json, math, os, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +277,24 @@ def _axes(l: int) -> tuple[str, str]:
     "The x and y axis names of subplot row `l` (0-based)."
     return f"x{l + 1 if l else ''}", f"y{l + 1 if l else ''}"
 
+@functools.lru_cache(maxsize=64)
+def _stack_layout(rows: int, spacing: float) -> str:
+    "The layout (as JSON) of `rows` subplots stacked on a shared x axis: make_subplots is slow, so it runs once per shape."
+    layout = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=spacing).layout.to_plotly_json()
+    layout.pop('template', None)
+    return json.dumps(layout)
+
+def _stacked(traces: list, # traces, each on its row's axes (`_axes`)
+             titles: list[str], # one per row, drawn at the row's top left
+             spacing: float, # vertical space between rows (fraction of the height)
+             **layout, # more layout
+            ) -> go.Figure:
+    "A figure of subplots stacked on a shared x axis, one per title."
+    base = json.loads(_stack_layout(len(titles), round(spacing, 6)))
+    base['annotations'] = [dict(text=t, x=0, xanchor='left', y=base[f'yaxis{l + 1 if l else ""}']['domain'][1], yanchor='bottom',
+                                xref='paper', yref='paper', showarrow=False, font=dict(size=11)) for l, t in enumerate(titles)]
+    return go.Figure(data=traces, layout={**base, **layout})
+
 def _snapshots(history: RunHistory, cell: str) -> tuple[list, np.ndarray]:
     "Steps and (snapshots, layers, ops) weights of the kept alpha snapshots of `cell`."
     snaps = history.alphas[cell].points()
@@ -312,13 +330,9 @@ def alpha_trajectories(history: RunHistory, # the run so far
         for step, k in drawn:  # a vertical line in the colour of the op that took over
             shapes.append(dict(type='line', x0=step, x1=step, y0=0, y1=1, xref=xref, yref=f'{yref} domain',
                                line=dict(dash='dot', color=_OP_COLORS[k % 7], width=1.5)))
-    fig = make_subplots(rows=n_layers, cols=1, shared_xaxes=True, vertical_spacing=0.35 / n_layers, subplot_titles=titles)
-    fig.add_traces(traces)
-    for a in fig.layout.annotations: a.update(font=dict(size=11), x=0, xanchor='left')
     what = 'op weights' if scale == 'weight' else 'op logits (centred per layer)'
-    fig.update_layout(title=f"{cell}: {what} over steps (dashed: uniform)", height=120 + 150 * n_layers,
-                      margin=dict(t=70, b=40), shapes=shapes)
-    return fig
+    return _stacked(traces, titles, 0.35 / n_layers, title=f"{cell}: {what} over steps (dashed: uniform)",
+                    height=120 + 150 * n_layers, margin=dict(t=70, b=40), shapes=shapes)
 
 # %% ../nbs/07a_dashboard.ipynb #c018b
 def alpha_margins(history: RunHistory, # the run so far
@@ -356,19 +370,17 @@ def alpha_atlas(history: RunHistory, # the run so far
     steps, w = _snapshots(history, cell)
     z, n_layers, status = _scaled(w, scale), w.shape[1], history.layer_status(cell)
     colours = _colour_range(z, scale)
-    fig = make_subplots(rows=n_layers, cols=1, shared_xaxes=True, vertical_spacing=0.3 / n_layers,
-                        subplot_titles=[f"layer {l} {'✓' if s['decided'] else '?'}" for l, s in enumerate(status)])
-    for l in range(n_layers):
-        fig.add_trace(go.Heatmap(z=z[:, l].T.tolist(), x=steps, y=history.ops, coloraxis='coloraxis', name=f'layer {l}',
-                                 hovertemplate=f'layer {l}, %{{y}}<br>step %{{x}}<br>{_scale_title(scale, w.shape[-1])}: %{{z:.4f}}<extra></extra>'),
-                      row=l + 1, col=1)
-    for a in fig.layout.annotations: a.update(font=dict(size=11), x=0, xanchor='left')
-    fig.update_layout(title=f'{cell}: alpha atlas, op × step ({len(steps)} snapshots)', height=100 + 130 * n_layers,
-                      coloraxis=dict(colorscale=colours['colorscale'], cmin=colours['zmin'], cmax=colours['zmax'],
-                                     colorbar=dict(title=_scale_title(scale, w.shape[-1]))),
-                      margin=dict(t=70, b=40))
-    fig.update_yaxes(tickfont=dict(size=9), autorange='reversed')  # ops top to bottom, in the heatmap's order
-    fig.update_xaxes(title_text='step', row=n_layers, col=1)
+    what = _scale_title(scale, w.shape[-1])
+    traces = [go.Heatmap(z=z[:, l].T.tolist(), x=steps, y=history.ops, coloraxis='coloraxis', name=f'layer {l}',
+                         xaxis=_axes(l)[0], yaxis=_axes(l)[1],
+                         hovertemplate=f'layer {l}, %{{y}}<br>step %{{x}}<br>{what}: %{{z:.4f}}<extra></extra>') for l in range(n_layers)]
+    axes = {f"yaxis{l + 1 if l else ''}": dict(tickfont=dict(size=9), autorange='reversed') for l in range(n_layers)}  # ops top to bottom
+    fig = _stacked(traces, [f"layer {l} {'✓' if s['decided'] else '?'}" for l, s in enumerate(status)], 0.3 / n_layers,
+                   title=f'{cell}: alpha atlas, op × step ({len(steps)} snapshots)', height=100 + 130 * n_layers,
+                   coloraxis=dict(colorscale=colours['colorscale'], cmin=colours['zmin'], cmax=colours['zmax'], colorbar=dict(title=what)),
+                   margin=dict(t=70, b=40))
+    for name, ax in axes.items(): fig.layout[name].update(ax)
+    fig.layout[f"xaxis{n_layers if n_layers > 1 else ''}"].title = 'step'
     return fig
 
 # %% ../nbs/07a_dashboard.ipynb #c019
