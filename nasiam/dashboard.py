@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['ALPHA_SCALES', 'ALPHA_FIGURES', 'Series', 'RunHistory', 'demo_alphas', 'write_demo_run', 'alpha_heatmap',
            'argmax_changes', 'alpha_trajectories', 'alpha_margins', 'alpha_atlas', 'loss_figure', 'collapse_figure',
-           'accuracy_figure', 'genotype_diff', 'genotype_text', 'decision_sentence', 'run_figures', 'Dashboard',
-           'write_report']
+           'accuracy_figure', 'genotype_diff', 'genotype_text', 'decision_sentence', 'figure_makers', 'run_figures',
+           'Dashboard', 'write_report']
 
 # %% ../nbs/07a_dashboard.ipynb #c002
 import copy, functools, html, json, math, os, tempfile, time
@@ -477,19 +477,31 @@ def decision_sentence(history: RunHistory, # the run so far
 # %% ../nbs/07a_dashboard.ipynb #c024
 ALPHA_FIGURES = ('alphas/', 'margins/', 'trajectories/', 'atlas/')  # name prefixes of the architecture figures
 
+def figure_makers(history: RunHistory, # the run so far
+                  alpha_scale: str='deviation', # colour of the heatmap and the atlas: 'deviation' from uniform, raw 'weight', or centred 'logit'
+                  trajectory_scale: str='weight', # y of the trajectories: softmax 'weight' or centred 'logit'
+                 ) -> dict[str, tuple]:
+    "Each figure of a run by name, as (a stamp of the records it reads, a function that draws it); per recorded cell its heatmap, margins, trajectories and atlas, then loss, collapse and accuracy."
+    _check_scale(alpha_scale, ALPHA_SCALES); _check_scale(trajectory_scale, ('weight', 'logit'))
+    h, draw = history, functools.partial
+    makers = {}
+    for cell in h.cells:
+        stamp = (h.alphas[cell].count, len(h.epochs), len(h.config))
+        makers[f'alphas/{cell}'] = (stamp, draw(alpha_heatmap, h, cell, alpha_scale))
+        makers[f'margins/{cell}'] = (stamp, draw(alpha_margins, h, cell))
+        makers[f'trajectories/{cell}'] = (stamp, draw(alpha_trajectories, h, cell, trajectory_scale))
+        makers[f'atlas/{cell}'] = (stamp, draw(alpha_atlas, h, cell, alpha_scale))
+    steps = sum(s.count for s in h.series.values())
+    makers.update(loss=(steps, draw(loss_figure, h)), collapse=((steps, len(h.events)), draw(collapse_figure, h)),
+                  accuracy=((len(h.epochs), len(h.evals)), draw(accuracy_figure, h)))
+    return makers
+
 def run_figures(history: RunHistory, # the run so far
                 alpha_scale: str='deviation', # colour of the heatmap and the atlas: 'deviation' from uniform, raw 'weight', or centred 'logit'
                 trajectory_scale: str='weight', # y of the trajectories: softmax 'weight' or centred 'logit'
                ) -> dict[str, go.Figure]:
-    "All figures of a run, by name; per recorded cell its heatmap, margins, trajectories and atlas, then loss, collapse and accuracy."
-    figs = {}
-    for cell in history.cells:
-        figs[f'alphas/{cell}'] = alpha_heatmap(history, cell, alpha_scale)
-        figs[f'margins/{cell}'] = alpha_margins(history, cell)
-        figs[f'trajectories/{cell}'] = alpha_trajectories(history, cell, trajectory_scale)
-        figs[f'atlas/{cell}'] = alpha_atlas(history, cell, alpha_scale)
-    figs.update(loss=loss_figure(history), collapse=collapse_figure(history), accuracy=accuracy_figure(history))
-    return figs
+    "All figures of a run, by name (see `figure_makers`)."
+    return {name: draw() for name, (_, draw) in figure_makers(history, alpha_scale, trajectory_scale).items()}
 
 # %% ../nbs/07a_dashboard.ipynb #c027
 def _changed(old: dict, new: dict) -> dict:
@@ -531,7 +543,7 @@ class Dashboard:
         self.live, self.every_steps, self.every_seconds = live, every_steps, every_seconds
         self.alpha_scale, self.trajectory_scale = alpha_scale, trajectory_scale
         self.history = history or RunHistory()
-        self.widgets, self.box, self.genotype_html = {}, None, None
+        self.widgets, self.stamps, self.drawn, self.box, self.genotype_html = {}, {}, [], None, None
         self.pending, self.last_refresh, self.refreshes = 0, time.monotonic(), 0
 
     def __call__(self, record: dict):
@@ -557,11 +569,14 @@ class Dashboard:
         import ipywidgets as W
         if self.box is None: self._build()
         self.genotype_html.value = _status_html(self.history)
-        figs, added = self.figures(), False
-        for name, fig in figs.items():
+        makers, added, self.drawn = figure_makers(self.history, self.alpha_scale, self.trajectory_scale), False, []
+        for name, (stamp, draw) in makers.items():
+            if name in self.widgets and self.stamps.get(name) == stamp: continue  # no new records for this figure
+            fig, self.stamps[name] = draw(), stamp
+            self.drawn.append(name)
             if name in self.widgets and _same_traces(self.widgets[name], fig): _sync(self.widgets[name], fig)
             else: self.widgets[name], added = go.FigureWidget(fig), True  # new figure, or its traces changed (rare)
-        if added: self.box.children = [self.genotype_html, *(self.widgets[name] for name in figs)]
+        if added: self.box.children = [self.genotype_html, *(self.widgets[name] for name in makers)]
         self.pending, self.last_refresh, self.refreshes = 0, time.monotonic(), self.refreshes + 1
 
     def show(self):
