@@ -298,7 +298,7 @@ def _stacked(traces: list, # traces, each on its row's axes (`_axes`)
 def _snapshots(history: RunHistory, cell: str) -> tuple[list, np.ndarray]:
     "Steps and (snapshots, layers, ops) weights of the kept alpha snapshots of `cell`."
     snaps = history.alphas[cell].points()
-    return [s for s, _ in snaps], np.asarray([w for _, w in snaps], dtype=float)
+    return np.asarray([s for s, _ in snaps]), np.asarray([w for _, w in snaps], dtype=float)
 
 def alpha_trajectories(history: RunHistory, # the run so far
                        cell: str, # cell name, e.g. "projector"
@@ -309,7 +309,7 @@ def alpha_trajectories(history: RunHistory, # the run so far
     _check_scale(scale, ('weight', 'logit'))
     if cell not in history.alphas: return _empty(f'{cell}: op weights over steps', 'no alphas recorded yet')
     ops, snaps = history.ops, history.alphas[cell].points()
-    steps, w = _snapshots(history, cell)
+    steps, w = _snapshots(history, cell)  # numpy arrays go into the traces: plotly takes them without checking each number
     y, n_layers, status = _scaled(w, scale), w.shape[1], history.layer_status(cell)
     shapes, traces, titles, ref = [], [], [], 1 / w.shape[-1] if scale == 'weight' else 0.0
     for l in range(n_layers):
@@ -319,9 +319,9 @@ def alpha_trajectories(history: RunHistory, # the run so far
         if len(changes) > max_marks: title += f"; {len(changes)} changes of choice, the last at step {changes[-1][0]} → {ops[changes[-1][1]]}"
         titles.append(title)
         for k, op in enumerate(ops):
-            traces.append(go.Scatter(x=steps, y=y[:, l, k].tolist(), mode='lines', name=op, legendgroup=op, showlegend=l == 0,
+            traces.append(go.Scatter(x=steps, y=y[:, l, k], mode='lines', name=op, legendgroup=op, showlegend=l == 0,
                                      line=dict(color=_OP_COLORS[k % 7], width=1.5), xaxis=xref, yaxis=yref))
-        traces.append(go.Scatter(x=[steps[-1]], y=[float(y[-1, l, best])], mode='markers+text', text=[ops[best]],
+        traces.append(go.Scatter(x=[int(steps[-1])], y=[float(y[-1, l, best])], mode='markers+text', text=[ops[best]],
                                  textposition='middle left', marker=dict(size=9, color=_OP_COLORS[best % 7]),
                                  showlegend=False, name=f'chosen (layer {l})', xaxis=xref, yaxis=yref))
         shapes.append(dict(type='line', x0=0, x1=1, y0=ref, y1=ref, xref=f'{xref} domain', yref=yref,  # uniform weights
@@ -344,7 +344,7 @@ def alpha_margins(history: RunHistory, # the run so far
     top = np.sort(w, -1)
     margins = top[..., -1] - top[..., -2]
     threshold, status = history.decision_rule[0], history.layer_status(cell)
-    fig = go.Figure([go.Scatter(x=steps, y=margins[:, l].tolist(), mode='lines', name=f'layer {l}',
+    fig = go.Figure([go.Scatter(x=steps, y=margins[:, l], mode='lines', name=f'layer {l}',
                                 line=dict(color=_OP_COLORS[l % 7], width=1.5, dash='solid' if s['decided'] else 'dot'))
                      for l, s in enumerate(status)])
     top = float(margins.max())
@@ -371,7 +371,7 @@ def alpha_atlas(history: RunHistory, # the run so far
     z, n_layers, status = _scaled(w, scale), w.shape[1], history.layer_status(cell)
     colours = _colour_range(z, scale)
     what = _scale_title(scale, w.shape[-1])
-    traces = [go.Heatmap(z=z[:, l].T.tolist(), x=steps, y=history.ops, coloraxis='coloraxis', name=f'layer {l}',
+    traces = [go.Heatmap(z=z[:, l].T, x=steps, y=history.ops, coloraxis='coloraxis', name=f'layer {l}',
                          xaxis=_axes(l)[0], yaxis=_axes(l)[1],
                          hovertemplate=f'layer {l}, %{{y}}<br>step %{{x}}<br>{what}: %{{z:.4f}}<extra></extra>') for l in range(n_layers)]
     axes = {f"yaxis{l + 1 if l else ''}": dict(tickfont=dict(size=9), autorange='reversed') for l in range(n_layers)}  # ops top to bottom
@@ -504,9 +504,15 @@ def run_figures(history: RunHistory, # the run so far
     return {name: draw() for name, (_, draw) in figure_makers(history, alpha_scale, trajectory_scale).items()}
 
 # %% ../nbs/07a_dashboard.ipynb #c027
+def _equal(a, b) -> bool:
+    "Whether two property values are equal, numpy arrays compared by shape and content."
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and bool((a == b).all())
+    return a == b
+
 def _changed(old: dict, new: dict) -> dict:
     "The items of `new` that differ from `old`."
-    return {k: v for k, v in new.items() if old.get(k) != v}
+    return {k: v for k, v in new.items() if not _equal(old.get(k), v)}
 
 def _same_traces(widget: go.FigureWidget, fig: go.Figure) -> bool:
     return [(t.type, t.name) for t in widget.data] == [(t.type, t.name) for t in fig.data]

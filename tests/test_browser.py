@@ -71,7 +71,9 @@ N_PLOTS = 11  # 2 cells x (heatmap, margins, trajectories, atlas), loss, collaps
 # subplot, the y range and the data's min and max.
 DRAWN_RANGES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(el => {
     const title = (el._fullLayout.title && el._fullLayout.title.text) || '';
-    const flat = z => z.flat(Infinity).filter(v => v !== null && isFinite(v));
+    const flat = z => { const out = []; const walk = v => {  // arrays, and the typed arrays numpy data arrive as
+        if (typeof v === 'number') { if (isFinite(v)) out.push(v); } else if (v != null) for (const x of v) walk(x); };
+        walk(z); return out; };
     const heat = el._fullData.filter(t => t.type === 'heatmap');
     const out = {title, heatmaps: [], axes: []};
     for (const t of heat) {
