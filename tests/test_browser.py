@@ -47,8 +47,10 @@ def browser():
         b.close()
 
 
+# _fullData: the traces as Plotly drew them (numpy arrays arrive base64-encoded in `data`, decoded in `_fullData`)
 PLOTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
-    el => (el.data || []).map(t => ({type: t.type, n: (t.z || t.y || []).length, z: t.z || null})))"""
+    el => (el._fullData || []).map(t => ({type: t.type, n: (t.z || t.y || []).length,
+                                          z: Array.isArray(t.z) && t.z.every(Array.isArray) ? t.z : null})))"""
 
 
 def open_report(browser, report: Path, n_plots: int, screenshot: Path) -> list:
@@ -197,7 +199,7 @@ HEATMAP_Z_JS = """() => {
 
 
 TRACE_LENGTHS_JS = """() => Array.from(document.querySelectorAll('.jp-OutputArea .js-plotly-plot')).map(
-    el => (el.data || []).map(t => (t.z || t.y || []).length))"""
+    el => (el._fullData || []).map(t => (t.z || t.y || []).length))"""
 
 
 @pytest.mark.slow
