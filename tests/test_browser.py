@@ -198,8 +198,13 @@ HEATMAP_Z_JS = """() => {
     return heat ? JSON.stringify(heat.data[0].z) : null; }"""
 
 
+# Points per trace as the widget holds them: an array, a typed array, or a still-encoded numpy array ({dtype, bdata, shape}).
 TRACE_LENGTHS_JS = """() => Array.from(document.querySelectorAll('.jp-OutputArea .js-plotly-plot')).map(
-    el => (el._fullData || []).map(t => (t.z || t.y || []).length))"""
+    el => (el.data || []).map(t => { const v = t.z || t.y;
+        if (v == null) return 0;
+        if (v.length !== undefined) return v.length;
+        if (v.shape !== undefined) return Number(String(v.shape).split(',')[0]);
+        return v.bdata ? Math.floor(atob(v.bdata).length / (Number(String(v.dtype).replace(/[^0-9]/g, '')) || 8)) : 0; }))"""
 
 
 @pytest.mark.slow
