@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['RUN_DIR_PARAMETERS', 'ACCURACY_COLUMN', 'parameters_source', 'parse_parameters', 'parameter_comments',
            'notebook_parameters', 'check_value', 'coerce_text', 'load_yaml', 'resolve_parameters', 'format_parameters',
-           'NotebookFailed', 'run_notebook', 'executed_parameters', 'error_outputs', 'grid_points', 'point_name',
-           'load_grid', 'plan_sweep', 'point_finished', 'run_point', 'sweep', 'search_genotype', 'layer_columns',
-           'collect_results', 'read_results', 'welch_test', 'seed_agreement', 'arm_comparisons', 'accuracy_figure',
-           'write_summary', 'add_subcommands', 'run_subcommand']
+           'NotebookFailed', 'run_notebook', 'print_lines', 'executed_parameters', 'error_outputs', 'grid_points',
+           'point_name', 'load_grid', 'plan_sweep', 'point_finished', 'run_point', 'sweep', 'search_genotype',
+           'layer_columns', 'collect_results', 'read_results', 'welch_test', 'seed_agreement', 'arm_comparisons',
+           'accuracy_figure', 'write_summary', 'add_subcommands', 'run_subcommand']
 
 # %% ../nbs/11_experiments.ipynb #c002
 import argparse, ast, csv, hashlib, html, io, itertools, json, math, os, re, sys, time, traceback
@@ -167,9 +167,10 @@ def run_notebook(nb:str|Path, # the notebook to run
                  out:str|Path, # the run directory: gets the executed notebook and the run's files
                  params:dict|None=None, # parameter values (checked against the parameters cell)
                  progress:bool=False, # papermill's cell progress bar
-                 log_output:bool=False, # echo the notebook's output while it runs
+                 log_output:bool=False, # echo the notebook's output through papermill's logger
+                 echo=None, # called with each progress line while it runs: the code cell started, the notebook's printed lines
                 ) -> Path:
-    "Run `nb` headless with papermill (kernel python3, cwd its folder) into `out`; returns `out/<name>.ipynb`."
+    "Run `nb` headless with papermill (kernel python3, cwd its folder, IPC transport on POSIX) into `out`; returns `out/<name>.ipynb`."
     nb, out = Path(nb).resolve(), Path(out).resolve()
     defaults = notebook_parameters(nb)
     params = resolve_parameters(nb, params)
@@ -177,13 +178,63 @@ def run_notebook(nb:str|Path, # the notebook to run
         if key in defaults: params[key] = str(out)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / nb.name
-    import papermill as pm
-    try:
-        pm.execute_notebook(str(nb), str(dest), parameters=params, kernel_name='python3', cwd=str(nb.parent),
-                            progress_bar=progress, log_output=log_output)
-    except pm.PapermillExecutionError as e:
-        raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {_first_line(e.evalue)} (see {dest})") from None
+    import papermill as pm, tempfile
+    _register_engine()
+    streams = dict(stdout_file=_Lines(echo), stderr_file=_Lines(echo)) if echo else {}
+    with tempfile.TemporaryDirectory(prefix='nasiam-kernel-') as sockets:
+        try:
+            pm.execute_notebook(str(nb), str(dest), parameters=params, kernel_name='python3', cwd=str(nb.parent),
+                                progress_bar=progress, log_output=log_output, engine_name='nasiam', cell_echo=echo,
+                                config=_kernel_config(sockets), **streams)
+        except pm.PapermillExecutionError as e:
+            raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {_first_line(e.evalue)} (see {dest})") from None
+        finally:
+            for lines in streams.values(): lines.close()
     return dest
+
+def _kernel_config(folder:str):
+    "Kernel sockets as files in a private `folder` (IPC) on POSIX: nothing listens on TCP, and ipykernel has no plain-text TCP to warn about."
+    from traitlets.config import Config
+    return Config(KernelManager=dict(transport='ipc', ip=str(Path(folder) / 'kernel'))) if os.name == 'posix' else Config()
+
+class _Lines:
+    "A file-like object that hands each complete line written to it to `echo` (a progress bar's redraws: the last one)."
+    def __init__(self, echo): self.echo, self.partial = echo, ''
+    def write(self, text:str):
+        *lines, self.partial = (self.partial + text).split('\n')
+        for line in lines: self.echo(line.rsplit('\r', 1)[-1])
+    def flush(self): pass
+    def close(self):
+        if self.partial: self.echo(self.partial.rsplit('\r', 1)[-1])
+        self.partial = ''
+
+def _cell_label(cell) -> str:
+    "The first line of code of a cell, shortened."
+    tags = cell.get('metadata', {}).get('tags') or []
+    if 'injected-parameters' in tags: return 'parameters given to this run'
+    lines = [l.strip() for l in cell.get('source', '').splitlines() if l.strip() and not l.strip().startswith('#')]
+    text = lines[0] if lines else '(comments only)'
+    return text if len(text) <= 80 else text[:77] + '...'
+
+def _register_engine():
+    "Register papermill's nbclient engine under the name 'nasiam', told to report each code cell as it starts (`cell_echo`)."
+    from papermill.engines import NBClientEngine, papermill_engines
+    class CellEchoEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, cell_echo=None, **kwargs):
+            if cell_echo is not None:
+                code = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == 'code']
+                start = nb_man.cell_start
+                def cell_start(cell, cell_index=None, **kw):
+                    if cell_index in code: cell_echo(f'[cell {code.index(cell_index) + 1}/{len(code)}] {_cell_label(cell)}')
+                    return start(cell, cell_index, **kw)
+                nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+    papermill_engines.register('nasiam', CellEchoEngine)
+
+def print_lines(prefix:str='') -> callable:
+    "An `echo` for `run_notebook` that prints each line to stdout at once, after `prefix`."
+    return lambda line: print(prefix + line, flush=True)
 
 def _first_line(text) -> str:
     lines = [l for l in str(text).strip().splitlines() if l.strip()]
@@ -245,13 +296,15 @@ def point_finished(folder:str|Path, params:dict) -> bool:
     try: return json.loads(done.read_text()).get('params') == json.loads(json.dumps(params))
     except (json.JSONDecodeError, OSError): return False
 
-def run_point(nb:str|Path, folder:str|Path, params:dict) -> dict:
+def run_point(nb:str|Path, folder:str|Path, params:dict,
+              progress:bool=False, # print the cells and the notebook's lines as they come, after the point's name
+             ) -> dict:
     "Run one point of a sweep into `folder`: `done.json` when it finished, `error.txt` when it failed."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     for stale in ('done.json', 'error.txt'): (folder / stale).unlink(missing_ok=True)
     atomic_write_text(folder / 'params.json', json.dumps(params, indent=1))
     t0 = time.time()
-    try: run_notebook(nb, folder, params)
+    try: run_notebook(nb, folder, params, echo=print_lines(f'[{folder.name}] ') if progress else None)
     except Exception as e:
         msg = str(e) if isinstance(e, NotebookFailed) else f"{type(e).__name__}: {_first_line(e)}"
         atomic_write_text(folder / 'error.txt', msg + '\n\n' + traceback.format_exc())
@@ -267,6 +320,7 @@ def sweep(nb:str|Path, # the notebook
           out:str|Path, # the sweep folder: one folder per point, results.csv, summary.html
           jobs:int=1, # points run at once, each in its own process
           log=print, # where progress lines go (None: nowhere)
+          progress:bool=False, # also print each point's cells and printed lines as they come (to stdout, after the point's name)
          ) -> Path:
     "Run `nb` at every point of `grid` not yet finished in `out`, then write results.csv and summary.html; returns results.csv."
     if not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
@@ -281,7 +335,7 @@ def sweep(nb:str|Path, # the notebook
         status = f"done in {rec['seconds']:.0f}s" if rec['status'] == 'done' else f"FAILED: {rec['error']}"
         log(f"[{i}/{len(todo)}] {rec['name']}: {status}")
         if stop_after and i >= stop_after: os._exit(75)  # tests: stop abruptly, as a kill would
-    jobs_args = [(str(nb), str(out / n), p) for n, p in todo]
+    jobs_args = [(str(nb), str(out / n), p, progress) for n, p in todo]
     if jobs == 1 or len(todo) <= 1:
         for i, a in enumerate(jobs_args, 1): report(i, run_point(*a))
     else:
@@ -549,12 +603,14 @@ def add_subcommands(subparsers):
     r.add_argument('-f', '--parameters-file', metavar='PARAMS.yaml', help='a YAML mapping of parameter values (-p wins)')
     r.add_argument('--out', help='the run directory (gets NOTEBOOK.ipynb executed and the run files)')
     r.add_argument('--list', action='store_true', help="show the notebook's parameters and defaults, run nothing")
-    r.add_argument('--log-output', action='store_true', help="echo the notebook's output while it runs")
+    r.add_argument('-q', '--quiet', action='store_true', help="print no progress (by default: each code cell as it starts, and the notebook's printed lines)")
+    r.add_argument('--log-output', action='store_true', help=argparse.SUPPRESS)  # older spelling: the output is shown by default now
     s = subparsers.add_parser('sweep', help='run an experiment notebook at every point of a grid; results.csv and summary.html')
     s.add_argument('notebook', help='an experiment notebook')
     s.add_argument('--grid', required=True, metavar='GRID.yaml', help='parameter name -> list of values (framework, seed, ...)')
     s.add_argument('--out', required=True, help='the sweep folder (one folder per point; rerun to resume)')
     s.add_argument('--jobs', type=_positive_int, default=1, help='points run at once, each in its own process')
+    s.add_argument('-q', '--quiet', action='store_true', help="print only a line per finished point, not each point's cells and printed lines")
     return subparsers
 
 def _absolute_paths(values:dict) -> dict:
@@ -575,7 +631,7 @@ def run_subcommand(args) -> int:
             for name in file_values:
                 if name in RUN_DIR_PARAMETERS: raise ValueError(f"parameter {name!r} is the run directory; give it with --out")
             params = resolve_parameters(args.notebook, _absolute_paths(file_values), args.parameter)
-            dest = run_notebook(args.notebook, args.out, _absolute_paths(params), progress=sys.stderr.isatty(), log_output=args.log_output)
+            dest = run_notebook(args.notebook, args.out, _absolute_paths(params), echo=None if args.quiet else print_lines())
             print(f"executed notebook: {dest}")
             summary = Path(args.out) / 'results.json'
             if summary.is_file():  # the run's headline numbers, as the notebook wrote them
@@ -584,7 +640,7 @@ def run_subcommand(args) -> int:
                         print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
         elif cmd == 'sweep':
             grid = {k: v for k, v in load_grid(args.grid).items()}
-            res = sweep(args.notebook, _absolute_paths(grid), args.out, args.jobs)
+            res = sweep(args.notebook, _absolute_paths(grid), args.out, args.jobs, progress=not args.quiet)
             rows = read_results(res)
             print(f"{res}  ({sum(r['status'] == 'done' for r in rows)} done, {sum(r['status'] == 'failed' for r in rows)} failed)")
             print(Path(res).with_name('summary.html'))

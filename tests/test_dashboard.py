@@ -1,9 +1,11 @@
-import threading, time
+import html, threading, time
+import numpy as np
 import plotly.graph_objects as go
 import pytest
-from nasiam.dashboard import (Dashboard, RunHistory, alpha_heatmap, alpha_trajectories, genotype_text,
-                              write_demo_run, write_report)
-from nasiam.metrics import MetricsWriter, read_metrics
+import torch
+from nasiam.dashboard import (Dashboard, RunHistory, alpha_atlas, alpha_heatmap, alpha_margins, alpha_trajectories,
+                              decision_sentence, genotype_text, write_demo_run, write_report)
+from nasiam.metrics import DECISION_MARGIN, MetricsWriter, alpha_margin, read_metrics
 
 
 @pytest.fixture
@@ -17,9 +19,39 @@ def test_figures_from_records(run_dir):
     h = RunHistory.from_records(records)
     last = [r for r in records if r['kind'] == 'alphas'][-1]
     for cell, weights in last['cells'].items():
-        assert [list(r) for r in alpha_heatmap(h, cell).data[0].z] == weights
+        heat = alpha_heatmap(h, cell).data[0]
+        assert np.allclose(np.array(heat.customdata)[..., 0], weights)  # raw weights in the hover
+        assert np.allclose(heat.z, np.array(weights) - 1 / 7) and heat.zmid == 0  # colour: deviation from uniform
         assert len(alpha_trajectories(h, cell).data) == len(weights) * 8  # 7 op lines + chosen-op marker per layer
     assert 'projector:' in genotype_text(h)
+
+
+@pytest.mark.parametrize('alpha_cap', [500, 8])
+def test_atlas_and_margins_match_the_records(run_dir, alpha_cap):
+    records = read_metrics(run_dir / 'metrics.jsonl')
+    alphas = [r for r in records if r['kind'] == 'alphas']
+    h = RunHistory.from_records(records, alpha_cap=alpha_cap)
+    for cell, n_layers in (('projector', 6), ('predictor', 4)):
+        by_step = {r['step']: np.array(r['cells'][cell]) for r in alphas}
+        atlas, margins = alpha_atlas(h, cell), alpha_margins(h, cell)
+        steps = list(atlas.data[0].x)
+        assert len(atlas.data) == n_layers and len(steps) <= alpha_cap
+        if alpha_cap >= len(alphas): assert steps == list(by_step)  # every snapshot
+        else: assert steps[0] == alphas[0]['step'] and steps[-1] == alphas[-1]['step'] and set(steps) < set(by_step)
+        for l, trace in enumerate(atlas.data):  # op x step, weight - 1/7
+            assert np.allclose(trace.z, np.stack([by_step[s][l] for s in steps], 1) - 1 / 7)
+        expected = alpha_margin(torch.tensor(np.stack([by_step[s] for s in steps]))).numpy()  # (steps, layers)
+        assert [list(t.x) for t in margins.data] == [steps] * n_layers
+        assert np.allclose(np.array([t.y for t in margins.data]).T, expected, atol=1e-6)
+        assert margins.layout.shapes[0].y0 == DECISION_MARGIN
+
+
+def test_atlas_memory_is_bounded():
+    h = RunHistory(alpha_cap=200)
+    w = [[1 / 7] * 7] * 6
+    for step in range(100_000): h.add(dict(kind='alphas', step=step, cells={'projector': w}))
+    steps = list(alpha_atlas(h, 'projector').data[0].x)
+    assert len(steps) <= 200 and steps[0] == 0 and steps[-1] == 99_999
 
 
 def test_history_is_bounded():
@@ -32,7 +64,11 @@ def test_history_is_bounded():
 def test_report(run_dir):
     page = write_report(run_dir).read_text()
     assert page.count('* plotly.js v') == 1 and 'demo-search' in page
-    assert genotype_text(RunHistory.from_records(read_metrics(run_dir / 'metrics.jsonl'))).splitlines()[0] in page
+    h = RunHistory.from_records(read_metrics(run_dir / 'metrics.jsonl'))
+    assert genotype_text(h).splitlines()[0] in page
+    body = page[page.index('<body>'):]
+    assert body.index('Search decided') < body.index('<h2>')  # the verdict in words opens the report
+    assert html.escape(decision_sentence(h)) in body and decision_sentence(h).startswith('Search decided')
 
 
 def test_not_live_accumulates(run_dir):
@@ -40,7 +76,7 @@ def test_not_live_accumulates(run_dir):
     for r in read_metrics(run_dir / 'metrics.jsonl'): dash(r)
     figs = dash.figures()
     assert dash.refreshes == 0 and all(isinstance(f, go.Figure) for f in figs.values())
-    assert set(figs) >= {'alphas/projector', 'trajectories/predictor', 'loss', 'collapse', 'accuracy'}
+    assert set(figs) >= {'alphas/projector', 'margins/projector', 'trajectories/predictor', 'atlas/predictor', 'loss', 'collapse', 'accuracy'}
 
 
 def test_follow_a_run_being_written(tmp_path):
