@@ -313,7 +313,11 @@ def run_point(nb:str|Path, folder:str|Path, params:dict,
     atomic_write_text(folder / 'done.json', json.dumps(rec, indent=1))
     return rec
 
-def _run_point_job(args): return run_point(*args)
+def _run_point_job(args, threads=None):
+    "Run one point in a worker process; with `threads`, its kernel's math libraries use that many threads (unless the user set them)."
+    if threads:  # points running side by side must not each take every core: oversubscribed OpenMP threads crawl
+        for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(var, str(threads))
+    return run_point(*args)
 
 def sweep(nb:str|Path, # the notebook
           grid:str|Path|dict, # a YAML grid file or a dict: name -> list of values
@@ -342,7 +346,8 @@ def sweep(nb:str|Path, # the notebook
         from concurrent.futures import ProcessPoolExecutor, as_completed
         import multiprocessing as mp
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn')) as ex:
-            futures = [ex.submit(_run_point_job, a) for a in jobs_args]
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            futures = [ex.submit(_run_point_job, a, threads) for a in jobs_args]
             for i, f in enumerate(as_completed(futures), 1): report(i, f.result())
     results = collect_results(out)
     write_summary(out)

@@ -22,14 +22,14 @@ def run_timed(*args, cwd=REPO) -> tuple[list[tuple[float, str]], float, int, str
 
 @pytest.mark.slow
 def test_run_streams_epoch_lines_while_it_runs(tmp_path):
-    lines, total, code, err = run_timed('run', REPO / 'nbs/experiments/search.ipynb', '-p', 'epochs', 2, '-p', 'evaluate', 'false',
-                                        '--out', tmp_path / 'search')
+    lines, total, code, err = run_timed('run', REPO / 'nbs/experiments/quickstart.ipynb', '-p', 'search_epochs', 2, '-p', 'arch_warmup_epochs', 0,
+                                        '-p', 'pretrain_epochs', 1, '--out', tmp_path / 'quickstart')
     assert code == 0, err[-2000:]
     cells = [(t, l) for t, l in lines if l.startswith('[cell ')]
     epochs = [(t, l) for t, l in lines if EPOCH_LINE.match(l)]
     assert len(cells) >= 4 and cells[0][1].startswith('[cell 1/'), lines
-    assert [l.split()[1] for _, l in epochs] == ['1/2', '2/2'], lines
-    (first, _), (last, _) = epochs
+    assert [l.split()[1] for _, l in epochs] == ['1/2', '2/2', '1/1'], lines  # the search's two epochs, then the pretraining's
+    (first, _), (last, _) = epochs[0], epochs[-1]
     print(f'cells at {[round(t, 1) for t, _ in cells]} s; epoch lines at {first:.1f} s and {last:.1f} s; exit at {total:.1f} s')
     assert last - first > 1 and first < total - 5, (first, last, total)  # streamed as they came, not dumped at the end
     assert any(t <= first for t, _ in cells) and cells[-1][0] >= last, cells  # cell lines and the loop's lines interleave, as they happened
