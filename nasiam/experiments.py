@@ -15,6 +15,7 @@ import argparse, ast, csv, hashlib, html, io, itertools, json, math, os, re, sys
 from pathlib import Path
 
 from .files import atomic_write_text
+from .metrics import decision_summary
 
 # %% ../nbs/11_experiments.ipynb #c005
 def _read_notebook(nb) -> dict:
@@ -377,10 +378,9 @@ def search_genotype(folder:str|Path # a point's folder
 def layer_columns(g:dict) -> dict:
     "One column per searched layer ('projector.0': its op, '+'-joined for an edge derivation), and 'decided' (k/n) when the search recorded it."
     cols = {f'{cell}.{i}': '+'.join(ops) for cell in ('projector', 'predictor') for i, ops in enumerate(g.get(cell, []))}
-    conf = g.get('confidence')
-    if conf:
-        layers = [l for cell in ('projector', 'predictor') for l in conf.get(cell, [])]
-        cols['decided'] = f"{sum(l['decided'] for l in layers)}/{len(layers)}"
+    if g.get('confidence'):
+        d = decision_summary({cell: g['confidence'].get(cell, []) for cell in ('projector', 'predictor')})
+        cols['decided'] = f"{d['decided']}/{d['layers']}"
     return cols
 
 def collect_results(out:str|Path # a sweep folder

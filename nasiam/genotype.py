@@ -11,6 +11,7 @@ import dataclasses, json
 from dataclasses import dataclass, field
 import torch
 from .ops import PRIMITIVES, derive_ops, get_space
+from .metrics import decision_summary
 
 # %% ../nbs/01_genotype.ipynb #c005
 GENOTYPE_FORMAT = 'nasiam.genotype/2'  # 2 adds the optional per-layer `confidence` of a search
@@ -64,7 +65,7 @@ class Genotype:
     def undecided(self) -> list|None:
         "Names ('projector.2') of the layers a search left undecided; None when this genotype carries no confidence."
         if self.confidence is None: return None
-        return [f'{cell}.{i}' for cell in ('projector', 'predictor') for i, l in enumerate(self.confidence.get(cell, [])) if not l['decided']]
+        return decision_summary({cell: self.confidence.get(cell, []) for cell in ('projector', 'predictor')})['undecided']
 
     def __str__(self):
         f = lambda layers: ', '.join('+'.join(ops) for ops in layers)

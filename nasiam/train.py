@@ -112,9 +112,7 @@ def validate(c:RunConfig) -> RunConfig:
         raise ValueError(f"arch_warmup_epochs must be a non-negative integer, got {c.arch_warmup_epochs!r}")
     if c.mode == 'search' and c.arch_warmup_epochs >= c.epochs:
         raise ValueError(f"arch_warmup_epochs ({c.arch_warmup_epochs}) must be smaller than epochs ({c.epochs}), or the alphas never move")
-    if not 0 < c.decision_margin < 1: raise ValueError(f"decision_margin must lie strictly between 0 and 1, got {c.decision_margin!r}")
-    if not isinstance(c.decision_patience, int) or c.decision_patience < 1:
-        raise ValueError(f"decision_patience must be a positive integer, got {c.decision_patience!r}")
+    DecisionTracker(c.decision_margin, c.decision_patience)  # the decision rule checks its own values
     for name in ('train_portion', 'val_fraction'):
         v = getattr(c, name)
         if not 0 < v < 1: raise ValueError(f"{name} must lie strictly between 0 and 1, got {v!r}")

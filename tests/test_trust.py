@@ -50,7 +50,6 @@ def test_search_reports_decisions(tmp_path):
     top = alphas.topk(2, -1).values
     assert [round(l['margin'], 6) for l in g.confidence['projector']] == [round(v, 6) for v in (top[:, 0] - top[:, 1]).tolist()]
     # warm-up: the alphas stay at zero through the first epoch
-    first = records(out, 'alphas')
     assert all(e['margin'] == 0 and e['stable_epochs'] == 0 for e in epochs[0]['confidence']['projector'])
     if res['undecided']: assert 'undecided: ' in err and res['undecided'][0] in err
 
