@@ -100,6 +100,8 @@ Genotype.to_json = _to_json
 Genotype.from_json = classmethod(_from_json)
 
 # %% ../nbs/01_genotype.ipynb #c011
+SEARCH_LAYERS = {}  # framework name -> (projector, predictor) searched layers; filled by frameworks.register_framework
+
 def _from_original(cls, text:str, framework:str|None=None, source:str='') -> Genotype:
     "Read the original repository's one-line `Genotype(encoder=..., predictor=...)` text without evaluating it."
     if not isinstance(text, str): raise ValueError(f"genotype text must be a string, got {type(text).__name__}")
@@ -115,8 +117,8 @@ def _from_original(cls, text:str, framework:str|None=None, source:str='') -> Gen
         try: fields[kw.arg] = ast.literal_eval(kw.value)
         except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             raise ValueError(f"genotype field {kw.arg!r} is not a literal list of op-name lists") from None
-    if framework == 'simclr' and 'encoder' not in fields and 'predictor' in fields:
-        fields = {'encoder': fields['predictor']}
+    if SEARCH_LAYERS.get(framework, (0, 1))[1] == 0 and 'encoder' not in fields and 'predictor' in fields:
+        fields = {'encoder': fields['predictor']}  # the original SimCLR code writes its projector there
     if 'encoder' not in fields: raise ValueError("genotype text has no 'encoder' (projector) field")
     return cls(fields['encoder'], fields.get('predictor', []), source=source or 'original text format')
 
@@ -160,8 +162,6 @@ Genotype.preset = classmethod(_preset)
 Genotype.presets = staticmethod(lambda: list(_PRESETS))
 
 # %% ../nbs/01_genotype.ipynb #c018b
-SEARCH_LAYERS = {'simsiam': (6, 4), 'moco': (4, 0), 'simclr': (6, 0)}  # (projector, predictor) searched layers per framework
-
 def _random(cls, seed:int, # seeds the draw: the same seed gives the same genotype
             framework:str='simsiam', # sets the layer counts (SEARCH_LAYERS)
             space:str='published', # the op table to draw from

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['PRIMITIVES', 'NON_PARAMETRIC', 'OpFactory', 'PUBLISHED', 'DEDUP', 'SPACES', 'OPS', 'FeaturePool', 'linear_bn_act',
-           'SearchSpace', 'get_space', 'linear_parts', 'fusable_groups', 'fused_linear_bn', 'MixedLayer', 'set_fused',
-           'SearchCell', 'derive_ops', 'FixedLayer', 'FixedCell']
+           'SearchSpace', 'register_space', 'get_space', 'linear_parts', 'fusable_groups', 'fused_linear_bn',
+           'MixedLayer', 'set_fused', 'gumbel_one_hot', 'SearchCell', 'derive_ops', 'FixedLayer', 'FixedCell']
 
 # %% ../nbs/00_ops.ipynb #c002
 import copy
@@ -103,6 +103,13 @@ DEDUP = SearchSpace('dedup', {
 SPACES = {s.name: s for s in (PUBLISHED, DEDUP)}
 OPS = PUBLISHED.ops  # the default table
 
+def register_space(space:SearchSpace) -> SearchSpace:
+    "Make `space` available by its name everywhere a space is named (configs, genotype files, the CLI)."
+    if not isinstance(space, SearchSpace): raise ValueError(f"register_space takes a SearchSpace, not {type(space).__name__}")
+    if not space.ops: raise ValueError(f"search space {space.name!r} has no ops")
+    SPACES[space.name] = space
+    return space
+
 def get_space(space:str|SearchSpace='published') -> SearchSpace:
     "The search space named `space` (or `space` itself)."
     if isinstance(space, SearchSpace): return space
@@ -178,6 +185,12 @@ class MixedLayer(nn.Module):
             for k, y in zip(group, fused_linear_bn(x, [linear_parts(self.ops[k]) for k in group])): outs[k] = y
         return sum(w * (y if y is not None else op(x)) for w, y, op in zip(weights, outs, self.ops))
 
+def _forward_one(self, x, weights, index:int):
+    "Only op `index`, scaled by its weight; the other weights enter as themselves (GDAS: one op computed, a gradient for every weight)."
+    return weights[index] * self.ops[index](x) + (weights.sum() - weights[index])
+
+MixedLayer.forward_one = _forward_one
+
 def set_fused(module:nn.Module, fused:bool|None=True) -> nn.Module:
     "Switch every MixedLayer inside `module` to the fused (or the straightforward, or the per-device) form."
     for m in module.modules():
@@ -188,6 +201,16 @@ def set_fused(module:nn.Module, fused:bool|None=True) -> nn.Module:
 def _check_dims(dims):
     if len(dims) < 2 or any(int(d) < 1 for d in dims):
         raise ValueError(f"a cell needs at least two positive widths (input, output), got {list(dims)}")
+
+def gumbel_one_hot(alphas:torch.Tensor, # (layers, ops) architecture weights
+                   tau:float, # the softmax temperature
+                   generator:torch.Generator|None=None) -> tuple:
+    "Per row, a one-hot sample of the softmax of `alphas` (Gumbel-max) whose gradient is the tempered Gumbel-softmax's (straight-through), and the sampled indices."
+    gumbel = -torch.empty_like(alphas).exponential_(generator=generator).log()
+    soft = F.softmax((alphas + gumbel) / tau, dim=-1)
+    index = soft.argmax(dim=-1)
+    hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
+    return hard - soft.detach() + soft, index
 
 class SearchCell(nn.Module):
     "A chain of mixed layers with its architecture weights `alphas` (layers x ops, zeros at init)."
@@ -210,7 +233,13 @@ class SearchCell(nn.Module):
         "The softmax of the architecture weights, one row per layer."
         return F.softmax(self.alphas if alphas is None else alphas, dim=-1)
 
+    gumbel_tau = None  # set (by the gdas strategy): in training, each layer samples one op (Gumbel-softmax, hard)
+
     def forward(self, x, alphas=None):
+        if self.gumbel_tau is not None and self.training:
+            hard, index = gumbel_one_hot(self.alphas if alphas is None else alphas, self.gumbel_tau)
+            for layer, h, k in zip(self.layers, hard, index.tolist()): x = layer.forward_one(x, h, k)
+            return x
         for layer, w in zip(self.layers, self.weights(alphas)): x = layer(x, w)
         return x
 
