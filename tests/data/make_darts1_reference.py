@@ -47,6 +47,6 @@ def run(framework: str) -> dict:
 
 
 if __name__ == '__main__':
-    ref = dict(cpu=cpu_model(), torch=torch.__version__, cases={fw: run(fw) for fw in CASES})
+    ref = dict(cpu=cpu_model(), torch=str(torch.__version__), cases={fw: run(fw) for fw in CASES})
     torch.save(ref, Path(__file__).with_name('darts1_reference.pt'))
     print(ref['cpu'], ref['torch'], {fw: r['genotype'] for fw, r in ref['cases'].items()})
