@@ -17,13 +17,14 @@ DASHBOARD_BUDGET_MS = 1500  # one live refresh of every figure of a 6+4-layer se
 sys.path.insert(0, str(ROOT))
 from nasiam.data import ImageData, TwoViewAugment, torchvision_two_view_transform, MEAN_STD
 from nasiam.backbones import build_backbone
-from nasiam.frameworks import FRAMEWORKS, HEAD_DEFAULTS, MINI_HEAD_DEFAULTS
+from nasiam.frameworks import FRAMEWORKS, SimSiam
 from nasiam.ops import SearchCell, set_fused
 from nasiam.train import Run, RunConfig
 
 TARGETS = {'augment_speedup': 5.0, 'arch_step_fraction': 0.6, 'lightly_ratio': 1.0, 'dashboard_refresh_ms': DASHBOARD_BUDGET_MS}
 LOWER_IS_BETTER = ('arch_step_fraction', 'dashboard_refresh_ms')
 MEAN, STD = MEAN_STD['cifar10']
+PAPER_FRAMEWORKS = ('simsiam', 'moco', 'simclr')  # the targets are about these; BYOL is measured beside them
 
 
 # -- measuring ----------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def bench_augment(args, device, rows, res, tmp=None):
 
 
 # -- steps ----------------------------------------------------------------------------------------
-def make_run(mode, framework, backbone, batch, device, tmp, heads=None):
+def make_run(mode, framework, backbone, batch, device, tmp, heads=None, strategy='darts1'):
     "A Run on synthetic in-memory data whose steps see the same precomputed views every time."
     n = 3 * batch  # the weight and architecture splits each hold more than a batch
     g = torch.Generator().manual_seed(0)
@@ -141,10 +142,10 @@ def make_run(mode, framework, backbone, batch, device, tmp, heads=None):
     data = ImageData('digits', images, labels, images[:8], labels[:8], ['a', 'b'], MEAN, STD, 32)
     options = {'queue_size': 4096} if framework == 'moco' else {}
     c = RunConfig(mode=mode, framework=framework, heads=heads or ('search' if mode == 'search' else 'standard'),
-                  backbone=backbone, batch_size=batch, epochs=1, device=str(device), options=options)
+                  backbone=backbone, batch_size=batch, epochs=1, device=str(device), options=options, strategy=strategy)
     run = Run(c, tempfile.mkdtemp(prefix=f"{mode}-{framework}-{backbone}-", dir=tmp), progress=False, data=data)
-    views = run._views(torch.arange(batch))
-    run._views = lambda idx: views
+    views = run.views(torch.arange(batch))
+    run.views = lambda idx: views
     return run, views
 
 def bench_steps(args, device, rows, res, tmp):
@@ -153,7 +154,7 @@ def bench_steps(args, device, rows, res, tmp):
     reps = 1 if args.quick else 2
     res['arch_step_fraction_by'] = {}
     for backbone, batch in sizes.items():
-        for fw in FRAMEWORKS:
+        for fw in PAPER_FRAMEWORKS + ('byol',):
             search, _ = make_run('search', fw, backbone, batch, device, tmp)
             pre, _ = make_run('pretrain', fw, backbone, batch, device, tmp)
             a_idx, w_idx = torch.arange(batch), torch.arange(batch)
@@ -168,12 +169,33 @@ def bench_steps(args, device, rows, res, tmp):
                              images_per_s=batch / t['pretrain'][0], peak_mib=t['pretrain'][1]))
             del search, pre; gc.collect()
     res['arch_step_fraction'] = res['arch_step_fraction_by']['simsiam/resnet18']
-    res['arch_step_fraction_worst'] = max(res['arch_step_fraction_by'][f"{fw}/resnet18"] for fw in FRAMEWORKS)
+    res['arch_step_fraction_worst'] = max(res['arch_step_fraction_by'][f"{fw}/resnet18"] for fw in PAPER_FRAMEWORKS)
     res['precision'] = str(search_precision(device))
 
 def search_precision(device):
     from nasiam.train import resolve_precision
     return resolve_precision('auto', device)
+
+
+# -- search strategies ------------------------------------------------------------------------------
+def bench_strategies(args, device, rows, res, tmp):
+    "One architecture step of each strategy, against darts1's, on the same run and views (SimSiam)."
+    sizes = {'resnet_mini': 64 if args.quick else 128, 'resnet18': 8 if args.quick else 16}
+    if device.type == 'cuda': sizes = {'resnet_mini': 512, 'resnet18': 256}
+    reps = 1 if args.quick else 2
+    res['strategy_cost_by'] = {}
+    for backbone, batch in sizes.items():
+        runs = {s: make_run('search', 'simsiam', backbone, batch, device, tmp, strategy=s)[0] for s in ('darts1', 'darts2', 'gdas')}
+        runs['gdas'].strategy.before_epoch(runs['gdas'], 0)  # sampling on, at the first epoch's temperature
+        idx = torch.arange(batch)
+        t = compare({s: (lambda r: lambda: r.arch_step(idx, idx))(r) for s, r in runs.items()}, device, reps)
+        for s, (sec, mib) in t.items():
+            ratio = sec / t['darts1'][0]
+            res['strategy_cost_by'][f"{s}/{backbone}"] = ratio
+            rows.append(dict(section='arch step by strategy', case=f"{s} simsiam {backbone}", batch=batch, images_per_s=batch / sec,
+                             peak_mib=mib, note=f"{sec*1e3:.0f} ms = {ratio:.2f}x darts1"))
+        del runs; gc.collect()
+    res['darts2_cost'] = res['strategy_cost_by']['darts2/resnet18']
 
 
 # -- fused mixed layer ----------------------------------------------------------------------------------
@@ -204,7 +226,7 @@ def bench_lightly(args, device, rows, res, tmp):
     res['lightly_ratio_by'], res['lightly_ratio_matched_by'] = {}, {}
     for backbone, batch in sizes.items():
         ours, (x0, x1) = make_run('pretrain', 'simsiam', backbone, batch, device, tmp)
-        heads = (MINI_HEAD_DEFAULTS if backbone == 'resnet_mini' else HEAD_DEFAULTS)['simsiam']
+        heads = SimSiam.mini_widths if backbone == 'resnet_mini' else SimSiam.widths
         torch.manual_seed(0)
         bb = build_backbone(backbone, 32)
         feat, proj, pred = bb.feat_dim, heads['proj_dim'], heads['pred_dim']
@@ -307,7 +329,7 @@ def table(rows, res):
     for n in res['notes']: lines.append(f"note: {n}")
     return '\n'.join(lines)
 
-SECTIONS = (bench_augment, bench_fused, bench_steps, bench_lightly, bench_dashboard)
+SECTIONS = (bench_augment, bench_fused, bench_steps, bench_strategies, bench_lightly, bench_dashboard)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -7,7 +7,9 @@ __version__ = "0.1.0"
 __all__ = []
 
 # %% ../nbs/99_api.ipynb #c002
-from .ops import PRIMITIVES, SearchSpace, SPACES, SearchCell, FixedCell, MixedLayer
+from .ops import PRIMITIVES, SearchSpace, SPACES, SearchCell, FixedCell, MixedLayer, register_space
 from .genotype import Genotype, load_genotype
 from .backbones import BACKBONES, build_backbone
-from .frameworks import FRAMEWORKS, VARIANTS, build_model
+from .frameworks import FRAMEWORKS, VARIANTS, SiameseModel, register_framework, build_model
+from .strategies import STRATEGIES, Strategy, register_strategy
+from .hooks import Hook

@@ -65,7 +65,7 @@ class Recipe:
     momentum: float = 0.9  # sgd, lars
     scale_lr: bool = True  # lr × batch / 256
     schedule: str = 'cosine'  # 'cosine' (to zero over the run) or 'constant'
-    warmup_epochs: int = 0  # linear warm-up before the cosine
+    warmup_epochs: int = 0  # linear warm-up before the cosine (at most a tenth of the run)
     lars_eta: float = 0.02  # LARS trust coefficient
     arch_optimizer: str = 'adamw'  # 'adamw' (decoupled weight decay) or 'adam'
     arch_lr: float = 1e-3
@@ -104,7 +104,8 @@ def weight_optimizer(recipe:Recipe,
         opt = make_optimizer(torch.optim.Adam, groups, device, lr=lr, weight_decay=weight_decay)
     else:
         opt = make_optimizer(torch.optim.SGD, groups, device, lr=lr, momentum=recipe.momentum, weight_decay=weight_decay)
-    factor = lr_factor(recipe.schedule, total_steps, recipe.warmup_epochs * steps_per_epoch)
+    # the recipe's warm-up epochs, but never more than a tenth of a short run (solo-learn: 10 of 1,000 epochs)
+    factor = lr_factor(recipe.schedule, total_steps, min(recipe.warmup_epochs * steps_per_epoch, total_steps // 10))
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, [(lambda s: 1.0) if g['fixed'] else factor for g in opt.param_groups])
 
 def arch_optimizer(recipe:Recipe, alphas:list, lr:float, weight_decay:float, device:torch.device):

@@ -116,7 +116,7 @@ def test_list_parameters():
     code, out, err = cli('run', '--list', EXPERIMENTS / 'search.ipynb')
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("framework = 'simsiam'") and 'simsiam, moco or simclr' in lines[0]
+    assert lines[0].startswith("framework = 'simsiam'") and 'simsiam, moco, simclr or byol' in lines[0]
     assert any(l.startswith('epochs = 2') and 'an int' in l for l in lines)
 
 

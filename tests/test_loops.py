@@ -63,7 +63,7 @@ def test_refusals_leave_files_alone(tmp_path):
     for args, needle in [
         (('search', '--epochs', 1, '--out', run, *FAST), 'already holds a run'),
         (('search', '--framework', 'moco', '--epochs', 1, '--out', run, '--resume', *FAST), "framework='simsiam'"),
-        (('search', '--framework', 'byol', '--out', run), "invalid choice: 'byol'"),
+        (('search', '--framework', 'swav', '--out', run), "invalid choice: 'swav'"),
         (('pretrain', '--genotype', 'nope', '--out', run), 'neither a preset'),
         (('search', '--dataset', 'imagefolder', '--data-dir', tmp_path / 'missing', '--out', tmp_path / 'other', *FAST[2:]), 'missing'),
     ]:

@@ -114,7 +114,7 @@ def test_refusals(tmp_path):
         (['search', '--dataset', 'imagefolder', '--data-dir', tmp_path / 'nowhere', '--out', tmp_path / 'new'], 'nowhere'),
         (['search', '--dataset', 'imagefolder', '--data-dir', empty, '--out', tmp_path / 'new'], 'empty'),
         (['search', '--dataset', 'mnist', '--out', tmp_path / 'new'], "invalid choice: 'mnist'"),
-        (['search', '--framework', 'byol', '--out', tmp_path / 'new'], "invalid choice: 'byol'"),
+        (['search', '--framework', 'swav', '--out', tmp_path / 'new'], "invalid choice: 'swav'"),
         (['search', '--backbone', 'vgg16', '--out', tmp_path / 'new'], "invalid choice: 'vgg16'"),
         (['pretrain', '--genotype', 'simsiam-imagenet', '--out', tmp_path / 'new', *RUN], 'neither a preset'),
         (['pretrain', '--genotype', bad_genotype, '--out', tmp_path / 'new', *RUN], 'gives 5 projector layers but this projector has 6'),
