@@ -1,0 +1,138 @@
+"Beyond one process: sweeps through submitit (its local executor, and SLURM played by a few shell scripts), a search over two torchrun nodes on the loopback, and the streamed image folder's pieces."
+import json, os, socket, stat, subprocess, sys, time
+from pathlib import Path
+import pytest
+from conftest import cli
+from nasiam.experiments import read_results, sweep_status
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_notebook(folder):
+    "A notebook that writes results.json with y = 2x; x = 3 makes it fail, x = 4 kills the process that runs it."
+    cells = [("x = 1\nout = 'runs/x'\n", ['parameters']),
+             ("import json, os, pathlib, signal\nassert x != 3, 'x=3 is refused'\n"
+              "if x == 4: os.kill(os.getppid(), signal.SIGKILL)  # the job itself dies, as a cluster's kill would do\n"
+              "pathlib.Path(out, 'results.json').write_text(json.dumps(dict(y=2 * x)))", [])]
+    nb = dict(nbformat=4, nbformat_minor=5, metadata=dict(kernelspec=dict(name='python3', display_name='python3', language='python')),
+              cells=[dict(cell_type='code', metadata=dict(tags=t), source=s, outputs=[], execution_count=None, id=f'c{i}')
+                     for i, (s, t) in enumerate(cells)])
+    path = Path(folder) / 'tiny.ipynb'
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def grid(folder, text):
+    (Path(folder) / 'grid.yaml').write_text(text)
+    return Path(folder) / 'grid.yaml'
+
+
+# -- sweeps through submitit --------------------------------------------------------------------------------------
+def test_submitit_local_sweep(tmp_path):
+    "Two points as submitit local jobs: results.csv, each point's status.json and job id, --status; a rerun skips them and records a failed and a killed point."
+    nb, out = tiny_notebook(tmp_path), tmp_path / 'sweep'
+    code, stdout, err = cli('sweep', nb, '--grid', grid(tmp_path, 'x: [1, 2]\n'), '--out', out, '--executor', 'submitit-local', '--jobs', '2', '-q')
+    assert code == 0, err
+    assert '2 points, 0 already finished, 2 to run' in stdout and '(2 done, 0 failed)' in stdout, stdout
+    rows = read_results(out / 'results.csv')
+    assert [(r['point'], r['status'], r['y']) for r in rows] == [('x=1', 'done', 2.0), ('x=2', 'done', 4.0)]
+    jobs = json.loads((out / 'jobs.json').read_text())
+    for name in ('x=1', 'x=2'):
+        st = json.loads((out / name / 'status.json').read_text())
+        assert st['state'] == 'done' and st['executor'] == 'submitit-local' and st['job_id'] == jobs[name], st
+        assert st['queued'] <= st['started'] <= st['finished'] and st['pid'] != os.getpid()  # ran in the job's process
+        assert (out / '.submitit' / f"{jobs[name]}_0_log.out").is_file()
+
+    code, stdout, err = cli('sweep', '--status', out)
+    assert code == 0 and err == ''
+    lines = stdout.splitlines()
+    assert lines[0].split() == ['point', 'state', 'job', 'host', 'started', 'seconds', 'error']
+    assert [l.split()[:3] for l in lines[1:3]] == [['x=1', 'done', jobs['x=1']], ['x=2', 'done', jobs['x=2']]]
+    assert lines[-1] == '2 points: 2 done'
+
+    stamp = (out / 'x=1' / 'done.json').stat().st_mtime_ns
+    code, stdout, err = cli('sweep', nb, '--grid', grid(tmp_path, 'x: [1, 2, 3, 4]\n'), '--out', out, '--executor', 'submitit-local', '--jobs', '2', '-q')
+    assert code == 1 and '4 points, 2 already finished, 2 to run' in stdout, stdout + err
+    assert (out / 'x=1' / 'done.json').stat().st_mtime_ns == stamp
+    rows = {r['point']: r for r in read_results(out / 'results.csv')}
+    assert [rows[p]['status'] for p in ('x=1', 'x=2', 'x=3', 'x=4')] == ['done', 'done', 'failed', 'failed']
+    assert 'AssertionError: x=3 is refused' in rows['x=3']['error'] and (out / 'x=3' / 'error.txt').is_file()
+    killed = json.loads((out / 'x=4' / 'status.json').read_text())
+    assert killed['state'] == 'failed' and killed['error'].startswith(f"job {killed['job_id']} ended without a result"), killed
+    assert rows['x=4']['error'] == killed['error'] and (out / 'x=4' / 'error.txt').is_file()
+    assert [r['state'] for r in sweep_status(out)] == ['done', 'done', 'failed', 'failed']
+
+
+FAKE_SBATCH = r"""#!/bin/bash
+# sbatch played locally: keep the script, answer with a job id, then run the array's tasks one after the other
+script="${@: -1}"
+cp "$script" "$FAKE_SLURM/script.sh"; echo "$@" > "$FAKE_SLURM/args"
+range=$(sed -n 's/^#SBATCH --array=\([0-9]*\)-\([0-9]*\).*/\1 \2/p' "$script")
+(
+  sleep 1  # submitit names its files after the job id once sbatch has answered
+  if [ -n "$range" ]; then
+    for i in $(seq $range); do
+      SLURM_ARRAY_JOB_ID=4242 SLURM_ARRAY_TASK_ID=$i SLURM_JOB_ID=$((4300 + i)) SLURM_NTASKS=1 SLURM_JOB_NUM_NODES=1 \
+        SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_CPUS_PER_TASK=1 bash "$script"
+    done
+  else
+    SLURM_JOB_ID=4242 SLURM_NTASKS=1 SLURM_JOB_NUM_NODES=1 SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0 bash "$script"
+  fi
+) > "$FAKE_SLURM/tasks.log" 2>&1 &
+echo "Submitted batch job 4242"
+"""
+FAKE_SRUN = """#!/bin/bash
+while [[ "$1" == --* ]]; do case "$1" in --output|--error) shift 2;; *) shift;; esac; done
+exec "$@"
+"""
+FAKE_SACCT = "#!/bin/sh\necho 'JobID|State|NodeList'\n"
+
+
+def fake_slurm(folder):
+    "A bin folder with sbatch, srun and sacct that run the jobs here."
+    bin = Path(folder) / 'bin'; bin.mkdir()
+    for name, text in (('sbatch', FAKE_SBATCH), ('srun', FAKE_SRUN), ('sacct', FAKE_SACCT)):
+        (bin / name).write_text(text); (bin / name).chmod(0o755)
+    return bin
+
+
+def test_slurm_job_array(tmp_path, monkeypatch):
+    "--executor slurm: one job array with the partition, GPUs, time limit, parallelism and extra sbatch options asked for; each task runs its point."
+    nb, out = tiny_notebook(tmp_path), tmp_path / 'sweep'
+    monkeypatch.setenv('PATH', f"{fake_slurm(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv('FAKE_SLURM', str(tmp_path))
+    code, stdout, err = cli('sweep', nb, '--grid', grid(tmp_path, 'x: [1, 2]\n'), '--out', out, '--executor', 'slurm',
+                            '--slurm-partition', 'debug', '--slurm-gpus-per-job', '2', '--slurm-time', '30', '--slurm-array-parallelism', '1',
+                            '--slurm-extra', 'constraint=a100', '--slurm-extra', 'exclusive', '-q')
+    assert code == 0, err + (tmp_path / 'tasks.log').read_text()
+    assert 'submitted 2 points as SLURM job array 4242' in stdout, stdout
+    script = (tmp_path / 'script.sh').read_text()
+    for line in ('--array=0-1%1', '--partition=debug', '--gpus-per-node=2', '--time=30', '--constraint=a100', '--exclusive', '--job-name=nasiam-sweep'):
+        assert f'#SBATCH {line}\n' in script, (line, script)
+    assert [(r['status'], r['y']) for r in read_results(out / 'results.csv')] == [('done', 2.0), ('done', 4.0)]
+    assert json.loads((out / 'jobs.json').read_text()) == {'x=1': '4242_0', 'x=2': '4242_1'}
+    assert [(r['state'], r['job']) for r in sweep_status(out)] == [('done', '4242_0'), ('done', '4242_1')]
+
+
+def test_sweep_refusals(tmp_path, monkeypatch):
+    "Bad executors and options: one line, exit 2, nothing written."
+    nb, g, out = tiny_notebook(tmp_path), grid(tmp_path, 'x: [1, 2]\n'), tmp_path / 'sweep'
+    monkeypatch.setenv('PATH', str(tmp_path / 'nothing-here'))
+    for args, needle in [
+        (('--executor', 'slurm'), "--executor slurm needs SLURM's sbatch and srun on PATH and they were not found"),
+        (('--slurm-partition', 'gpu'), '--slurm-partition applies to --executor slurm or submitit-local, not to the local executor'),
+        (('--executor', 'submitit-local', '--slurm-extra', '=1'), "--slurm-extra '=1' is not NAME=VALUE"),
+        (('--executor', 'submitit-local', '--slurm-time', '0'), "argument --slurm-time: '0' must be a positive integer"),
+        (('--executor', 'cloud'), "argument --executor: invalid choice: 'cloud'"),
+    ]:
+        code, stdout, err = cli('sweep', nb, '--grid', g, '--out', out, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, (args, err)
+        assert not out.exists()
+    for args, needle in [
+        (('--status', tmp_path / 'nowhere'), 'does not exist'),
+        (('--status', tmp_path), 'holds no sweep'),
+        ((nb, '--status', tmp_path), 'runs nothing; give it without a notebook'),
+        ((nb, '--out', out), 'nasiam sweep needs a NOTEBOOK, --grid GRID.yaml and --out DIR'),
+    ]:
+        code, stdout, err = cli('sweep', *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, (args, err)
