@@ -136,3 +136,36 @@ def test_sweep_refusals(tmp_path, monkeypatch):
     ]:
         code, stdout, err = cli('sweep', *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, (args, err)
+
+
+# -- two nodes -----------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_the_loopback(tmp_path):
+    "torchrun --nnodes 2 twice, node ranks 0 and 1, one process each, meeting at 127.0.0.1: one search, the same genotype on both nodes; only node 0 writes its run."
+    port, env = free_port(), dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    if Path('/sys/class/net/lo').exists(): env['GLOO_SOCKET_IFNAME'] = 'lo'  # the processes talk over the loopback only
+    procs = []
+    try:
+        for rank in (0, 1):
+            cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc-per-node', '1', '--node-rank', str(rank),
+                   '--master-addr', '127.0.0.1', '--master-port', str(port),
+                   '-m', 'nasiam', 'search', '--dataset', 'digits', '--backbone', 'resnet_mini', '--batch-size', '64', '--epochs', '1',
+                   '--device', 'cpu', '--knn-k', '20', '--val-fraction', '0.5', '--no-progress', '--out', str(tmp_path / f'node{rank}')]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env))
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None: p.kill(); p.wait()
+    for p, (stdout, stderr) in zip(procs, outs): assert p.returncode == 0, stderr[-3000:]
+    results = [json.loads(l) for stdout, _ in outs for l in stdout.splitlines() if l.startswith('{')]
+    assert [r['rank'] for r in results] == [0, 1]
+    assert results[0]['genotype'] == results[1]['genotype'] and all(r['ranks_agree'] for r in results)
+    assert json.loads((tmp_path / 'node0' / 'genotype.json').read_text())
+    end = [json.loads(l) for l in (tmp_path / 'node0' / 'metrics.jsonl').read_text().splitlines() if '"event"' in l][-1]
+    assert end['event'] == 'end' and end['world_size'] == 2
+    assert not (tmp_path / 'node1').exists()
