@@ -1,5 +1,6 @@
 "Beyond one process: sweeps through submitit (its local executor, and SLURM played by a few shell scripts), a search over two torchrun nodes on the loopback, and the streamed image folder's pieces."
-import json, os, socket, stat, subprocess, sys, time
+import json, os, socket, subprocess, sys
+import torch
 from pathlib import Path
 import pytest
 from conftest import cli
@@ -169,3 +170,109 @@ def test_two_nodes_on_the_loopback(tmp_path):
     end = [json.loads(l) for l in (tmp_path / 'node0' / 'metrics.jsonl').read_text().splitlines() if '"event"' in l][-1]
     assert end['event'] == 'end' and end['world_size'] == 2
     assert not (tmp_path / 'node1').exists()
+
+
+# -- streamed image folders -----------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def jpeg_folder(tmp_path_factory):
+    "train/ (3 classes x 12) and test/ (3 x 2) JPEGs of varied sizes, from 24x40 to 61x33 px."
+    import numpy as np
+    from PIL import Image
+    root, rng = tmp_path_factory.mktemp('jpegs'), np.random.default_rng(0)
+    for split, n in (('train', 12), ('test', 2)):
+        for c in ('ant', 'bee', 'cat'):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                h, w = int(rng.integers(24, 62)), int(rng.integers(24, 62))
+                yy, xx = np.mgrid[0:h, 0:w]
+                img = (np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 40.0 * ('ant', 'bee', 'cat').index(c))], -1) + rng.normal(0, 12, (h, w, 3)))
+                Image.fromarray(img.clip(0, 255).astype('uint8')).save(root / split / c / f'{i:03d}.jpg', quality=90)
+    return root
+
+
+def collect(loader, n=None):
+    it, out = iter(loader), []
+    for batch in it:
+        out.append(batch)
+        if n is not None and len(out) == n: break
+    return out
+
+
+def test_stream_loader_order_crops_and_resume(jpeg_folder):
+    "Two worker processes, random crops: the order is BatchStream's, the crops repeat for a seed, and a loader rebuilt from a mid-epoch state goes on with the same batches."
+    from nasiam.data import scan_imagefolder, ImageFileDataset, stream_loader, BatchStream
+    files = scan_imagefolder(jpeg_folder, progress=False)
+    ds = ImageFileDataset(files.train_files, files.train_labels, 16, crop='random', seed=5)
+    make = lambda **kw: stream_loader(ds, 5, seed=7, num_workers=2, **kw)
+    ref = make()
+    epochs = [collect(ref), collect(ref)]
+    assert len(epochs[0]) == len(epochs[1]) == 7 and ref.state_dict() == dict(epoch=2, position=0)
+    images, labels, idx = epochs[0][0]
+    assert images.dtype == torch.uint8 and images.shape == (5, 3, 16, 16) and labels.dtype == idx.dtype == torch.int64
+    assert torch.equal(labels, files.train_labels[idx])
+    order = BatchStream(36, 5, seed=7)
+    for e in range(2): assert torch.equal(torch.cat([b[2] for b in epochs[e]]), torch.cat(list(order.epoch_batches())))
+    # an image's crop depends on the epoch: index 0 in epoch 0 and in epoch 1
+    where = lambda e: [(b, int((bt[2] == 0).nonzero()[0])) for b, bt in enumerate(epochs[e]) if (bt[2] == 0).any()][0]
+    (b0, r0), (b1, r1) = where(0), where(1)
+    assert not torch.equal(epochs[0][b0][0][r0], epochs[1][b1][0][r1])
+
+    run = make()
+    collect(run); collect(run, 3)  # epoch 0, then 3 batches of epoch 1: the workers have fetched further
+    state = run.state_dict()
+    assert state == dict(epoch=1, position=3)
+    resumed = make(); resumed.load_state_dict(state)
+    rest = collect(resumed)
+    assert len(rest) == 4
+    for got, want in zip(rest, epochs[1][3:]):
+        for g, w in zip(got, want): assert torch.equal(g, w)
+    assert [int(b[2][0]) for b in collect(make())] == [int(b[2][0]) for b in epochs[0]]  # and a fresh loader repeats epoch 0
+
+
+def test_stream_loader_shards_and_splits(jpeg_folder):
+    "Ranks take disjoint shards; `indices` restricts a loader to a split."
+    from nasiam.data import scan_imagefolder, ImageFileDataset, stream_loader
+    files = scan_imagefolder(jpeg_folder, progress=False)
+    ds = ImageFileDataset(files.train_files, files.train_labels, 8)
+    shards = [torch.cat([b[2] for b in collect(stream_loader(ds, 4, rank=r, world_size=2, num_workers=1))]) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 16 and not set(shards[0].tolist()) & set(shards[1].tolist())
+    split = torch.arange(0, 36, 3)
+    got = torch.cat([b[2] for b in collect(stream_loader(ds, 4, indices=split, num_workers=0))])
+    assert sorted(got.tolist()) == split.tolist()
+
+
+def test_stream_images_match_the_memory_path(jpeg_folder):
+    "The centred squares the stream loader decodes are the images load_dataset holds in memory (up to resize rounding), with the same labels."
+    from nasiam.data import scan_imagefolder, ImageFileDataset, load_dataset
+    files, mem = scan_imagefolder(jpeg_folder, progress=False), load_dataset('imagefolder', jpeg_folder, image_size=16)
+    assert files.classes == mem.classes and torch.equal(files.train_labels, mem.train_labels) and torch.equal(files.test_labels, mem.test_labels)
+    for names, labels, images in ((files.train_files, files.train_labels, mem.train_images), (files.test_files, files.test_labels, mem.test_images)):
+        ds = ImageFileDataset(names, labels, 16)
+        streamed = torch.stack([ds[i][0] for i in range(len(ds))])
+        assert streamed.dtype == torch.uint8 and streamed.shape == images.shape
+        assert (streamed.float() - images.float()).abs().mean() < 4, (streamed.float() - images.float()).abs().mean()
+
+
+def test_scan_shows_progress_and_refuses_like_load_dataset(jpeg_folder, tmp_path, capsys):
+    from nasiam.data import scan_imagefolder, load_dataset
+    files = scan_imagefolder(jpeg_folder)
+    assert len(files.train_files) == 36 and len(files.test_files) == 6 and files.num_classes == 3
+    err = capsys.readouterr().err
+    assert 'scanning' in err and '6/6' in err and 'images=42' in err, err
+    (tmp_path / 'train' / 'a').mkdir(parents=True); (tmp_path / 'test' / 'b').mkdir(parents=True)
+    for bad in (tmp_path / 'nope', tmp_path / 'train', tmp_path):
+        with pytest.raises(ValueError) as want: load_dataset('imagefolder', bad)
+        with pytest.raises(ValueError) as got: scan_imagefolder(bad, progress=False)
+        assert str(got.value) == str(want.value)
+
+
+def test_choose_loader():
+    from nasiam.data import choose_loader, decoded_bytes, memory_total
+    assert decoded_bytes(1000, 224) == 150_528_000 and memory_total() > 2**28
+    choice, why = choose_loader('auto', 1000, 224, budget_bytes=100_000_000)
+    assert choice == 'stream' and why == 'auto chose stream: 1000 images of 224x224 px take 143.6 MiB decoded, over the budget of 95.4 MiB.'
+    choice, why = choose_loader('auto', 1000, 32)
+    assert choice == 'memory' and why.startswith('auto chose memory: 1000 images of 32x32 px take 2.9 MiB decoded, within the budget of') and '25% of' in why
+    assert choose_loader('auto', 1000, 224, share=1e-6)[0] == 'stream'
+    assert choose_loader('stream', 10, 32) == ('stream', 'the stream loader was asked for (10 images of 32x32 px take 30.0 KiB decoded).')
+    with pytest.raises(ValueError, match="loader 'disk' is not known; choose memory, stream or auto"): choose_loader('disk', 10, 32)
