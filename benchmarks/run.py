@@ -1,6 +1,6 @@
 """Throughput and peak memory of the data pipeline, the search and pretraining steps, and comparisons with kornia and lightly.
 
-    python benchmarks/run.py [--quick] [--json] [--device auto|cpu|cuda]
+    python benchmarks/run.py [--quick] [--json] [--device auto|cpu|cuda] [--only SECTION] [--loader-workers N]
 
 Timings are the best of a few interleaved repetitions (the least disturbed by other processes), after a warm-up.
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU, the growth of the process's resident set
@@ -21,7 +21,8 @@ from nasiam.frameworks import FRAMEWORKS, SimSiam
 from nasiam.ops import SearchCell, set_fused
 from nasiam.train import Run, RunConfig
 
-TARGETS = {'augment_speedup': 5.0, 'arch_step_fraction': 0.6, 'lightly_ratio': 1.0, 'dashboard_refresh_ms': DASHBOARD_BUDGET_MS}
+TARGETS = {'augment_speedup': 5.0, 'arch_step_fraction': 0.6, 'lightly_ratio': 1.0, 'dashboard_refresh_ms': DASHBOARD_BUDGET_MS,
+           'stream_speedup': 1.0}
 LOWER_IS_BETTER = ('arch_step_fraction', 'dashboard_refresh_ms')
 MEAN, STD = MEAN_STD['cifar10']
 PAPER_FRAMEWORKS = ('simsiam', 'moco', 'simclr')  # the targets are about these; BYOL is measured beside them
@@ -305,6 +306,69 @@ def bench_dashboard(args, device, rows, res, tmp):
     log(f"  dashboard: refresh {1000 * min(times):.0f} ms best, {res['dashboard']['refresh_ms_median']:.0f} ms median "
         f"(building the figures {1000 * min(build):.0f} ms), report {1000 * report_s:.0f} ms")
 
+# -- image folder loaders ---------------------------------------------------------------------------------
+def make_jpeg_folder(root, n, seed=0, sizes=(96, 192)):
+    "An ImageFolder tree of `n` JPEGs (train/, 10 classes) and a few in test/: smooth random colour fields with mild noise, sides drawn from `sizes`."
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, count in (('train', n), ('test', max(10, n // 20))):
+        for i in range(count):
+            folder = Path(root) / split / f'class{i % 10}'
+            folder.mkdir(parents=True, exist_ok=True)
+            h, w = (int(v) for v in rng.integers(sizes[0], sizes[1] + 1, 2))
+            coarse = torch.from_numpy(rng.uniform(0, 255, (1, 3, 4, 4))).float()
+            field = torch.nn.functional.interpolate(coarse, size=(h, w), mode='bicubic', align_corners=False)[0].permute(1, 2, 0).numpy()
+            img = (field + rng.normal(0, 8, (h, w, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f'{i:05d}.jpg', quality=90)
+    return Path(root)
+
+def bench_loader(args, device, rows, res, tmp):
+    "Images/s of one pass over a generated JPEG folder: the stream loader, torchvision's ImageFolder with per-image transforms (same workers, batch and prefetch), and tensor indexing in memory."
+    import torchvision.datasets as tvd, torchvision.transforms as T
+    from nasiam.data import scan_imagefolder, ImageFileDataset, stream_loader, load_dataset, BatchStream
+    n, batch, prefetch = (1000 if args.quick else 2000), 64, 4
+    workers = args.loader_workers if args.loader_workers is not None else min(2, os.cpu_count() or 1)
+    root = make_jpeg_folder(Path(tmp) / 'jpegs', n)
+    files = scan_imagefolder(root, progress=False)
+    pin = device.type == 'cuda'
+    def consume(loader):
+        def run():
+            for batch_ in loader:
+                x = batch_[0]
+                x.to(device, non_blocking=True)
+        return run
+    res['loader'] = dict(images=n, jpeg_sides='96-192 px', batch=batch, workers=workers, prefetch_factor=prefetch)
+    for case, size, crop, tv in (('random crop to 64 px', 64, 'random', T.RandomResizedCrop(64, scale=(0.2, 1.0), antialias=True)),
+                                 ('centred 32 px', 32, 'center', T.Compose([T.Resize(32, antialias=True), T.CenterCrop(32)]))):
+        ours = stream_loader(ImageFileDataset(files.train_files, files.train_labels, size, crop=crop), batch, drop_last=False,
+                             num_workers=workers, device=device, prefetch_factor=prefetch)
+        folder = tvd.ImageFolder(str(root / 'train'), transform=T.Compose([tv, T.PILToTensor()]))
+        theirs = torch.utils.data.DataLoader(folder, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=pin,
+                                             persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None)
+        t = compare({'stream': consume(ours), 'imagefolder': consume(theirs)}, device, reps=2 if args.quick else 3)
+        ips = {k: n / s for k, (s, _) in t.items()}
+        key = '' if crop == 'random' else '_center'
+        res[f'stream_images_per_s{key}'], res[f'imagefolder_images_per_s{key}'] = ips['stream'], ips['imagefolder']
+        res[f'stream_speedup{key}'] = ips['stream'] / ips['imagefolder']
+        for k, label in (('stream', 'stream loader'), ('imagefolder', 'ImageFolder + transforms')):
+            rows.append(dict(section='image folder loader', case=f"{case}: {label}", batch=batch, images_per_s=ips[k], peak_mib=t[k][1],
+                             note=f"{workers} workers" + (f", {ips['stream'] / ips['imagefolder']:.2f}x" if k == 'stream' else '')))
+        del ours, theirs; gc.collect()
+    # in memory: decoded once up front (PIL, one process), then each pass indexes a tensor
+    t0 = time.perf_counter()
+    data = load_dataset('imagefolder', root, image_size=64)
+    res['memory_load_s'] = time.perf_counter() - t0
+    stream = BatchStream(len(data.train_images), batch, drop_last=False)
+    def memory_pass():
+        for idx in stream.epoch_batches(): data.train_images[idx].to(device, non_blocking=True)
+    s, m = compare({'memory': memory_pass}, device, reps=3)['memory']
+    res['memory_images_per_s'] = n / s
+    rows.append(dict(section='image folder loader', case='64 px: in memory, tensor indexing', batch=batch, images_per_s=n / s, peak_mib=m,
+                     note=f"after decoding all {n} up front in {res['memory_load_s']:.1f} s"))
+    log(f"  stream {res['stream_images_per_s']:.0f} images/s, ImageFolder {res['imagefolder_images_per_s']:.0f} images/s "
+        f"({res['stream_speedup']:.2f}x), in memory {res['memory_images_per_s']:.0f} images/s")
+
+
 # -- report ---------------------------------------------------------------------------------------------
 def table(rows, res):
     lines = [f"device: {res['device']}  (torch {res['torch']}, {res['threads']} threads, precision {res.get('precision', '?')})",
@@ -326,10 +390,13 @@ def table(rows, res):
         d = res['dashboard']
         lines.append(f"  dashboard              {d['figures']} figures, {d['snapshots']} snapshots per cell: refresh {d['refresh_ms_best']:.0f} ms best, "
                      f"{d['refresh_ms_median']:.0f} ms median; building them {d['figures_ms_best']:.0f} ms; report.html {d['report_ms']:.0f} ms")
+    if 'stream_speedup' in res:
+        lines.append(f"  {'stream_speedup_center':<22} {res['stream_speedup_center']:6.2f}  (stream / ImageFolder, centred 32 px squares); "
+                     f"in memory {res['memory_images_per_s']:.0f} images/s after {res['memory_load_s']:.1f} s of decoding")
     for n in res['notes']: lines.append(f"note: {n}")
     return '\n'.join(lines)
 
-SECTIONS = (bench_augment, bench_fused, bench_steps, bench_strategies, bench_lightly, bench_dashboard)
+SECTIONS = (bench_augment, bench_fused, bench_steps, bench_strategies, bench_lightly, bench_dashboard, bench_loader)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -337,6 +404,7 @@ def main(argv=None):
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--only', choices=[f.__name__[6:] for f in SECTIONS], action='append', help='run only this section (repeatable)')
+    p.add_argument('--loader-workers', type=int, default=None, help='DataLoader workers of the loader section (default: 2, or fewer cores)')
     args = p.parse_args(argv)
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU)"
