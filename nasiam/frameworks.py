@@ -90,10 +90,10 @@ class SiameseModel(nn.Module):
         "The weight parameters in groups: dicts with 'params' and 'fixed' (a constant lr)."
         return [dict(params=self.weight_parameters(), fixed=False)]
 
-    def weight_optimizer(self, config, device, total_steps:int, steps_per_epoch:int=1):
+    def weight_optimizer(self, config, device, total_steps:int, steps_per_epoch:int=1, fused:bool=True):
         "The weight optimiser and lr schedule of this framework's recipe, at the config's lr and weight decay."
         return weight_optimizer(self.recipe, self.weight_groups(config), config.lr, config.weight_decay,
-                                config.batch_size, device, total_steps, steps_per_epoch)
+                                config.batch_size, device, total_steps, steps_per_epoch, fused)
 
     def arch_optimizer(self, config, device):
         "The optimiser of the architecture weights (None without any)."

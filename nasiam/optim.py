@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import torch
 
 # %% ../nbs/03a_optim.ipynb #c005
-def make_optimizer(cls, params, device:torch.device, **kwargs) -> torch.optim.Optimizer:
+def make_optimizer(cls, params, device:torch.device,
+                   fused:bool=True, # False: the plain (foreach) form, which skips parameters without a gradient in a step
+                   **kwargs) -> torch.optim.Optimizer:
     "An optimizer of class `cls`, fused into a few kernels per step where this torch has that for `device` (same update rule)."
     params = list(params)
-    if device.type in ('cpu', 'cuda'):
+    if fused and device.type in ('cpu', 'cuda'):
         try: return cls(params, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError): pass  # this torch has no fused form of `cls` for the device
     return cls(params, **kwargs)
@@ -90,7 +92,8 @@ def lr_factor(schedule:str, total_steps:int, warmup_steps:int=0):
 def weight_optimizer(recipe:Recipe,
                      groups:list, # dicts with 'params' and 'fixed' (True: the lr stays constant)
                      lr:float, weight_decay:float, batch_size:int, device:torch.device,
-                     total_steps:int, steps_per_epoch:int=1):
+                     total_steps:int, steps_per_epoch:int=1,
+                     fused:bool=True): # False: an optimiser that skips parameters left without a gradient (gdas)
     "The weight optimiser and its per-step lr schedule for `recipe`."
     lr = lr * batch_size / 256 if recipe.scale_lr else lr
     if recipe.optimizer == 'lars':
@@ -101,9 +104,9 @@ def weight_optimizer(recipe:Recipe,
             if small: split.append(dict(params=small, fixed=g['fixed'], lars=False, weight_decay=0.0))
         opt = LARS(split, lr=lr, momentum=recipe.momentum, weight_decay=weight_decay, eta=recipe.lars_eta)
     elif recipe.optimizer == 'adam':
-        opt = make_optimizer(torch.optim.Adam, groups, device, lr=lr, weight_decay=weight_decay)
+        opt = make_optimizer(torch.optim.Adam, groups, device, fused, lr=lr, weight_decay=weight_decay)
     else:
-        opt = make_optimizer(torch.optim.SGD, groups, device, lr=lr, momentum=recipe.momentum, weight_decay=weight_decay)
+        opt = make_optimizer(torch.optim.SGD, groups, device, fused, lr=lr, momentum=recipe.momentum, weight_decay=weight_decay)
     # the recipe's warm-up epochs, but never more than a tenth of a short run (solo-learn: 10 of 1,000 epochs)
     factor = lr_factor(recipe.schedule, total_steps, min(recipe.warmup_epochs * steps_per_epoch, total_steps // 10))
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, [(lambda s: 1.0) if g['fixed'] else factor for g in opt.param_groups])

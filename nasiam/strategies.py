@@ -17,6 +17,7 @@ class Strategy:
     "The gradient of the architecture weights; subclasses set `name` and implement `arch_grads`."
     name = ''
     needs_weight_batch = False  # True: arch_grads also gets the next weight step's batch
+    fused_weight_optimizer = True  # False: ops can be left without a gradient in a step (the fused SGD kernel needs them all)
 
     def __init__(self, config=None): self.config = config
 
@@ -120,6 +121,7 @@ def set_gumbel_tau(model:torch.nn.Module, tau:float|None):
 class GDAS(DARTS1):
     "GDAS: one sampled op per layer (hard Gumbel-softmax, straight-through), annealed temperature."
     name = 'gdas'
+    fused_weight_optimizer = False  # the ops not sampled in a step get no gradient; the plain SGD skips them, as GDAS's does
     def before_epoch(self, run, epoch):
         c = self.config
         set_gumbel_tau(run.model, gdas_tau(epoch, c.epochs, c.gdas_tau_max, c.gdas_tau_min))

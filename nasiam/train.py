@@ -295,10 +295,11 @@ class Run:
         self.arch_forward = torch.compile(self.model) if c.compile else self.model
         self.steps_per_epoch = len(self.weight_stream)
         self.total_steps = c.epochs * self.steps_per_epoch
-        self.w_opt, self.w_sched = self.model.weight_optimizer(c, self.device, self.total_steps, self.steps_per_epoch)
         self.a_opt = self.model.arch_optimizer(c, self.device)
         self.searching = self.a_opt is not None
         self.strategy = get_strategy(c.strategy)(c) if self.searching else None
+        fused = self.strategy is None or self.strategy.fused_weight_optimizer
+        self.w_opt, self.w_sched = self.model.weight_optimizer(c, self.device, self.total_steps, self.steps_per_epoch, fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def primitives(self):
