@@ -108,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument('--protocol', choices=('knn', 'linear'), default='knn')
     e.add_argument('--checkpoint', choices=('final', 'best'), default='final', help="'best': chosen on the held-out split")
     e.add_argument('--k', type=_positive_int, default=None)
-    e.add_argument('--epochs', type=_positive_int, default=100, help='linear probe epochs')
+    e.add_argument('--epochs', type=_positive_int, default=None, help="linear probe epochs (default 100; 90 above 64 px, SPEC's ImageNet protocol)")
     e.add_argument('--device', default='auto')
     _add_report(sub)
     add_subcommands(sub)  # run, sweep: experiment notebooks through papermill

@@ -6,8 +6,9 @@
 __all__ = ['DATASETS', 'MEAN_STD', 'IMAGE_EXTENSIONS', 'RECIPES', 'LOADERS', 'ImageData', 'stratified_split', 'load_dataset',
            'rgb_to_hsv', 'hsv_to_rgb', 'shift_hue', 'affine_grid', 'blur_kernel_size', 'eval_transform',
            'TwoViewAugment', 'torchvision_view_transform', 'TwoViews', 'torchvision_two_view_transform', 'BatchStream',
-           'ImageFiles', 'scan_imagefolder', 'random_resized_box', 'ImageFileDataset', 'StreamSampler', 'StreamLoader',
-           'stream_loader', 'decoded_bytes', 'memory_total', 'choose_loader']
+           'ImageFiles', 'scan_imagefolder', 'random_resized_box', 'ImageFileDataset', 'default_workers',
+           'StreamSampler', 'StreamLoader', 'stream_loader', 'eval_center_share', 'center_crops', 'decoded_bytes',
+           'memory_total', 'choose_loader', 'dali_available', 'check_dali', 'DaliLoader']
 
 # %% ../nbs/05_data.ipynb #c002
 import math, os
@@ -299,7 +300,10 @@ class TwoViewAugment:
                 f"jitter_p={self.jitter_p}, gray_p={self.gray_p}, blur_p={self.blur_p})")
 
     def __call__(self, images_uint8:torch.Tensor, generator:torch.Generator|None=None) -> tuple:
-        "Two independently augmented, normalised float views of a uint8 N x 3 x H x W batch."
+        "Two independently augmented, normalised float views of a uint8 N x 3 x H x W batch, or of N x 2 x 3 x S x S views already cropped."
+        if images_uint8.dim() == 5:  # two crops per image, cut before (in a loader's workers): a second crop would compound
+            if images_uint8.shape[1] != 2: raise ValueError(f"Expected N x 2 x 3 x S x S cropped views, got {tuple(images_uint8.shape)}.")
+            return self.single(images_uint8[:, 0], generator, crop=False), self.single(images_uint8[:, 1], generator, crop=False)
         return self.single(images_uint8, generator), self.single(images_uint8, generator)
 
     def sample_crops(self, n:int, height:int, width:int, generator=None) -> dict:
@@ -342,13 +346,23 @@ class TwoViewAugment:
                 _update_rows(x, apply & (order[:, step] == k), op, factors[k])
         return x
 
-    def single(self, images_uint8:torch.Tensor, generator:torch.Generator|None=None) -> torch.Tensor:
+    def single(self,
+        images_uint8:torch.Tensor, # N x 3 x H x W uint8
+        generator:torch.Generator|None=None, # where the random numbers come from
+        crop:bool=True, # False: the images are crops already (S x S): only the flip and what follows
+    ) -> torch.Tensor:
         "One augmented, normalised float view of a uint8 N x 3 x H x W batch, on its device."
         if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4 or images_uint8.shape[1] != 3:
             raise ValueError(f"Expected a uint8 batch of shape N x 3 x H x W, got {images_uint8.dtype} {tuple(images_uint8.shape)}.")
         n, _, height, width = images_uint8.shape
         dev = images_uint8.device
         u = lambda *shape: torch.rand(*shape, generator=generator, device=generator.device if generator else 'cpu').to(dev)
+        if not crop:
+            if (height, width) != (self.image_size, self.image_size):
+                raise ValueError(f"Cropped views must be {self.image_size} x {self.image_size} px, got {height} x {width}.")
+            x = images_uint8.float().div_(255)
+            x = torch.where((u(n) < self.flip_p).view(-1, 1, 1, 1), x.flip(3), x)
+            return self._colour(x, generator)
         box = {k: v.to(dev) for k, v in self.sample_crops(n, height, width, generator).items()}
         sign = 1 - 2 * box['flip'].float()
         theta = torch.zeros(n, 2, 3, device=dev)
@@ -358,6 +372,12 @@ class TwoViewAugment:
         theta[:, 1, 2] = (box['y0'] + box['h'] / 2) / height * 2 - 1
         grid = affine_grid(theta, self.image_size, self.image_size)
         x = F.grid_sample(images_uint8.float().div_(255), grid, mode='bilinear', padding_mode='border', align_corners=False)
+        return self._colour(x, generator)
+
+    def _colour(self, x, generator):
+        "Jitter, grayscale, blur and normalisation of a float N x 3 x S x S batch in [0, 1] (its own tensor: changed in place)."
+        n, dev = x.shape[0], x.device
+        u = lambda *shape: torch.rand(*shape, generator=generator, device=generator.device if generator else 'cpu').to(dev)
         if self.jitter_p > 0: x = self._jitter(x, generator)
         if self.gray_p > 0:
             _update_rows(x, u(n) < self.gray_p, lambda rows: _grayscale(rows).expand(-1, 3, -1, -1))
@@ -458,6 +478,9 @@ class ImageFiles:
     test_labels: torch.Tensor
     classes: list
 
+    name = 'imagefolder'
+    mean, std = MEAN_STD['imagenet']  # the normalisation of load_dataset('imagefolder')
+
     @property
     def num_classes(self) -> int: return len(self.classes)
 
@@ -527,12 +550,15 @@ class ImageFileDataset(torch.utils.data.Dataset):
         scale:tuple=(0.2, 1.0), # 'random': range of the box's share of the image's area
         ratio:tuple=(3/4, 4/3), # 'random': range of the box's aspect ratio
         views:int=1, # 'random': boxes per item; more than one gives views x 3 x S x S
+        center_share:float=1.0, # 'center': the square's side as a share of the shorter side (0.875: ImageNet's resize to 256, centre 224)
     ):
         if crop not in ('center', 'random'): raise ValueError(f"crop={crop!r} is not accepted; choose 'center' or 'random'.")
         if views < 1 or (views > 1 and crop != 'random'): raise ValueError(f"views={views} is not accepted; it is 1, or more with crop='random'.")
+        if not 0 < center_share <= 1: raise ValueError(f"center_share={center_share} is not accepted; it must lie in (0, 1].")
         if len(files) != len(labels): raise ValueError(f"{len(files)} files and {len(labels)} labels are not accepted; give one label per file.")
         self.files, self.labels = list(map(str, files)), torch.as_tensor(labels, dtype=torch.int64)
         self.image_size, self.crop, self.seed, self.scale, self.ratio, self.views = image_size, crop, seed, scale, ratio, views
+        self.center_share = center_share
 
     def __len__(self): return len(self.files)
     def __repr__(self): return f"ImageFileDataset({len(self)} files, image_size={self.image_size}, crop={self.crop!r}, views={self.views})"
@@ -554,7 +580,7 @@ class ImageFileDataset(torch.utils.data.Dataset):
         img = self.decode(i)
         _, height, width = img.shape
         if self.crop == 'center':
-            side = min(height, width)
+            side = max(1, round(min(height, width) * self.center_share))
             out = self._shrink(img, (height - side) // 2, (width - side) // 2, side, side)
         else:
             rng = np.random.default_rng([self.seed, epoch, i])
@@ -563,6 +589,12 @@ class ImageFileDataset(torch.utils.data.Dataset):
         return out, int(self.labels[i]), i
 
 # %% ../nbs/05_data.ipynb #c038
+def default_workers(loaders:int=1) -> int:
+    "Worker processes for each of `loaders` loaders of this process: its share of the CPU cores (torchrun's local ranks share a machine), at most 8."
+    try: cores = len(os.sched_getaffinity(0))
+    except AttributeError: cores = os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', '1'))) // max(1, loaders)))
+
 class StreamSampler(torch.utils.data.Sampler):
     "`BatchStream`'s batches as a DataLoader batch sampler: one epoch per pass, each index paired with its epoch."
     def __init__(self,
@@ -609,6 +641,15 @@ class StreamLoader:
             yield images, labels, indices
         self.state = dict(epoch=epoch + 1, position=0)
 
+    def epoch_batches(self):
+        "The rest of the current epoch's batches, as `BatchStream.epoch_batches` yields index batches."
+        return iter(self)
+
+    @property
+    def position(self) -> int:
+        "Batches of the current epoch the loop has taken."
+        return self.state['position']
+
     def state_dict(self) -> dict: return dict(self.state)
     def load_state_dict(self, state:dict): self.state = dict(epoch=int(state['epoch']), position=int(state['position']))
 
@@ -619,13 +660,13 @@ def stream_loader(
     seed:int=0, # the order's seed, as BatchStream's
     drop_last:bool=True, # drop each epoch's last, incomplete batch
     rank:int=0, world_size:int=1, # this process's shard
-    num_workers:int|None=None, # worker processes reading files; None: the cores, at most 8
+    num_workers:int|None=None, # worker processes reading files; None: `default_workers()`
     device:str|torch.device='cpu', # where the batches go: CUDA gets pinned memory
     prefetch_factor:int=4, # batches each worker prepares ahead
     persistent_workers:bool=True, # keep the workers between epochs
 ) -> StreamLoader:
     "A resumable, seeded loader of uint8 (images, labels, indices) batches whose worker processes read and decode the files."
-    if num_workers is None: num_workers = min(8, os.cpu_count() or 1)
+    if num_workers is None: num_workers = default_workers()
     if num_workers < 0: raise ValueError(f"num_workers={num_workers} is not accepted; it must be 0 or more.")
     sampler = StreamSampler(len(dataset) if indices is None else indices, batch_size, seed, drop_last, rank, world_size)
     workers = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers) if num_workers else {}
@@ -633,8 +674,29 @@ def stream_loader(
                                          pin_memory=torch.device(device).type == 'cuda', **workers)
     return StreamLoader(loader, sampler)
 
+# %% ../nbs/05_data.ipynb #c039d
+def eval_center_share(image_size:int) -> float:
+    "The share of the shorter side an evaluation crop keeps: ImageNet's 224 of 256 above 64 px, the whole centred square up to 64 px."
+    return 224 / 256 if image_size > 64 else 1.0
+
+def center_crops(
+    files:list, # image paths
+    labels:torch.Tensor|list, # their class labels
+    image_size:int, # side of the square crops
+    indices:torch.Tensor|None=None, # the files to read, in this order; None: all
+    batch_size:int=256, # images per batch
+    num_workers:int|None=None, # worker processes reading files; None: `default_workers()`
+    device:str|torch.device='cpu', # where the batches go: CUDA gets pinned memory
+) -> torch.utils.data.DataLoader:
+    "A loader of uint8 (images, labels, indices) batches of centred evaluation crops, in order, read and decoded in worker processes."
+    ds = ImageFileDataset(files, labels, image_size, crop='center', center_share=eval_center_share(image_size))
+    if indices is not None: ds = torch.utils.data.Subset(ds, torch.as_tensor(indices).tolist())  # items keep their own index
+    workers = default_workers() if num_workers is None else num_workers
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       pin_memory=torch.device(device).type == 'cuda')
+
 # %% ../nbs/05_data.ipynb #c041
-LOADERS = ('memory', 'stream', 'auto')
+LOADERS = ('memory', 'stream', 'dali', 'auto')
 
 def decoded_bytes(n_images:int, image_size:int) -> int:
     "Bytes of `n_images` decoded as uint8 3 x `image_size` x `image_size`."
@@ -656,14 +718,14 @@ def _size(n:float) -> str:
         n /= 1024
 
 def choose_loader(
-    requested:str, # 'memory', 'stream' or 'auto'
+    requested:str, # 'memory', 'stream', 'dali' or 'auto'
     n_images:int, # images the run decodes (train and test)
     image_size:int, # their side
     budget_bytes:int|None=None, # auto: the most the decoded images may take; None: `share` of the RAM
     share:float=0.25, # auto: the share of the RAM they may take
 ) -> tuple:
-    "The loader to use, 'memory' or 'stream', and one sentence saying why."
-    if requested not in LOADERS: raise ValueError(f"loader {requested!r} is not known; choose memory, stream or auto.")
+    "The loader to use ('memory', 'stream' or 'dali'; auto picks one of the first two) and one sentence saying why."
+    if requested not in LOADERS: raise ValueError(f"loader {requested!r} is not known; choose memory, stream, dali or auto.")
     need = decoded_bytes(n_images, image_size)
     what = f"{n_images} images of {image_size}x{image_size} px take {_size(need)} decoded"
     if requested != 'auto': return requested, f"the {requested} loader was asked for ({what})."
@@ -676,3 +738,87 @@ def choose_loader(
     if budget_bytes < 0: raise ValueError(f"budget_bytes={budget_bytes} is not accepted; it must be 0 or more.")
     choice = 'memory' if need <= budget_bytes else 'stream'
     return choice, f"auto chose {choice}: {what}, {'within' if choice == 'memory' else 'over'} the budget of {_size(budget_bytes)}{of}."
+
+# %% ../nbs/05_data.ipynb #c042b
+def dali_available() -> bool:
+    "Whether NVIDIA DALI and its PyTorch plugin import here."
+    try:
+        import nvidia.dali, nvidia.dali.plugin.pytorch  # noqa: F401
+        return True
+    except Exception: return False  # not installed, or installed without a CUDA runtime to load
+
+def check_dali(device:str|torch.device):
+    "Raise a ValueError unless DALI is installed and `device` is a CUDA device."
+    if not dali_available():
+        raise ValueError("loader 'dali' needs NVIDIA DALI, which is not installed here: pip install nasiam[dali] (CUDA only), or use --loader stream")
+    if torch.device(device).type != 'cuda':
+        raise ValueError(f"loader 'dali' decodes on a CUDA device and the device is {str(device)!r}; use --loader stream on the CPU")
+
+class DaliLoader:
+    "uint8 (images, labels, indices) batches read, decoded and cropped on the GPU by NVIDIA DALI, in `BatchStream`'s order; resumable like `StreamLoader`."
+    def __init__(self,
+        files:list, # image paths
+        labels:torch.Tensor|list, # their class labels
+        image_size:int, # side of the square crops
+        batch_size:int, # images per batch (per rank)
+        indices:torch.Tensor|None=None, # the indices to draw from (a split); None: all
+        seed:int=0, # the order's seed, as BatchStream's; also seeds DALI's crops
+        rank:int=0, world_size:int=1, # this process's shard
+        views:int=1, # 1: the centred square, resized; 2: two random-resized crops per image (N x 2 x 3 x S x S)
+        scale:tuple=(0.2, 1.0), ratio:tuple=(3/4, 4/3), # the random-resized crop's area share and aspect ratio ranges
+        num_threads:int|None=None, # DALI's CPU threads; None: `default_workers()`
+        device:str|torch.device='cuda', # the GPU that decodes
+    ):
+        check_dali(device)
+        if views not in (1, 2): raise ValueError(f"views={views} is not accepted; choose 1 or 2.")
+        self.files, self.labels = list(map(str, files)), torch.as_tensor(labels, dtype=torch.int64)
+        self.stream = BatchStream(len(self.files) if indices is None else indices, batch_size, seed, True, rank, world_size)
+        self.image_size, self.views, self.scale, self.ratio, self.seed = image_size, views, scale, ratio, seed
+        self.num_threads = num_threads or default_workers()
+        device = torch.device(device)
+        self.device_id = device.index if device.index is not None else torch.cuda.current_device()
+        self.state = self.stream.state_dict()
+
+    def __len__(self): return self.stream.batches_per_epoch
+    def __repr__(self): return (f"DaliLoader({len(self.files)} files, batch_size={self.stream.batch_size}, views={self.views}, "
+                                f"epoch={self.state['epoch']}, position={self.state['position']}/{len(self)})")
+
+    def _pipeline(self, order:list, seed:int):
+        from nvidia.dali import pipeline_def, fn, types
+        S, files = self.image_size, [self.files[i] for i in order]
+        @pipeline_def(batch_size=self.stream.batch_size, num_threads=self.num_threads, device_id=self.device_id, seed=seed)
+        def pipe():
+            data, index = fn.readers.file(files=files, labels=order, random_shuffle=False, name='files')  # the label slot carries the index
+            images = fn.decoders.image(data, device='mixed', output_type=types.RGB)
+            if self.views == 2:
+                crops = [fn.random_resized_crop(images, size=[S, S], random_area=list(self.scale), random_aspect_ratio=list(self.ratio))
+                         for _ in range(2)]
+            else: crops = [fn.crop(fn.resize(images, resize_shorter=S, antialias=True), crop=(S, S))]
+            return (*[fn.transpose(c, perm=[2, 0, 1]) for c in crops], index)
+        p = pipe(); p.build()
+        return p
+
+    def __iter__(self):
+        "The rest of the current epoch's batches (a whole epoch when the last one was finished)."
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        epoch, position, n, bs = self.state['epoch'], self.state['position'], len(self), self.stream.batch_size
+        if position >= n: epoch, position = epoch + 1, 0
+        self.state = dict(epoch=epoch, position=position)
+        order = self.stream.shard(epoch)[position * bs:n * bs].tolist()
+        names = [f'view{k}' for k in range(self.views)] + ['index']
+        it = DALIGenericIterator([self._pipeline(order, (self.seed * 1_000_003 + epoch * 10_007 + position) % 2**31)], names,
+                                 reader_name='files', last_batch_policy=LastBatchPolicy.DROP, auto_reset=False)
+        for out in it:
+            out = out[0]
+            images = out['view0'] if self.views == 1 else torch.stack([out['view0'], out['view1']], 1)
+            indices = out['index'].reshape(-1).long().cpu()
+            position += 1
+            self.state = dict(epoch=epoch, position=position)
+            yield images, self.labels[indices], indices
+        self.state = dict(epoch=epoch + 1, position=0)
+
+    def epoch_batches(self): return iter(self)
+    @property
+    def position(self) -> int: return self.state['position']
+    def state_dict(self) -> dict: return dict(self.state)
+    def load_state_dict(self, state:dict): self.state = dict(epoch=int(state['epoch']), position=int(state['position']))

@@ -7,7 +7,7 @@ __all__ = ['eval_mode', 'extract_features', 'topk_accuracy', 'knn_classify', 'kn
 
 # %% ../nbs/06_evaluate.ipynb #c002
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -34,22 +34,27 @@ class eval_mode:
 
 def extract_features(
     embed_fn:Callable, # maps a normalised float batch N x 3 x H x W to features N x D: a module, or a bound method of one (`model.embed`)
-    images_uint8:torch.Tensor, # N x 3 x H x W uint8, on any device
+    images_uint8:torch.Tensor|Iterable, # N x 3 x H x W uint8 on any device, or batches of them (a loader's `(images, ...)` tuples: read from disk as they come)
     mean:tuple, # per-channel normalisation mean
     std:tuple, # per-channel normalisation std
-    batch_size:int=512, # images per forward pass
+    batch_size:int=512, # images per forward pass (a tensor of images)
     device:str|torch.device='cpu', # where `embed_fn` runs
     progress:bool=False, # show a tqdm progress bar
 ) -> torch.Tensor:
     "Float32 features of un-augmented images, on the CPU; the module behind `embed_fn` runs in eval mode and is left as it was."
-    starts = range(0, len(images_uint8), batch_size)
+    if torch.is_tensor(images_uint8):
+        batches = (images_uint8[i:i + batch_size] for i in range(0, len(images_uint8), batch_size))
+        total = math.ceil(len(images_uint8) / batch_size)
+    else:
+        batches = (b[0] if isinstance(b, (tuple, list)) else b for b in images_uint8)
+        total = len(images_uint8) if hasattr(images_uint8, '__len__') else None
     if progress:
         from tqdm.auto import tqdm
-        starts = tqdm(starts, desc='features', unit='batch')
+        batches = tqdm(batches, total=total, desc='features', unit='batch')
     out = []
     with eval_mode(_owner(embed_fn)), torch.no_grad():
-        for i in starts:
-            x = eval_transform(images_uint8[i:i + batch_size].to(device), mean, std)
+        for images in batches:
+            x = eval_transform(images.to(device, non_blocking=True), mean, std)
             out.append(embed_fn(x).flatten(1).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 

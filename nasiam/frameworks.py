@@ -7,7 +7,7 @@ __all__ = ['FRAMEWORKS', 'VARIANTS', 'STEMS', 'Head', 'head_cell', 'register_fra
            'MomentumEncoder', 'KeyQueue', 'SimSiam', 'MoCo', 'SimCLR', 'normalized_mse', 'BYOL', 'build_model']
 
 # %% ../nbs/04_frameworks.ipynb #c002
-import copy, inspect, math
+import copy, dataclasses, inspect, math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -82,6 +82,11 @@ class SiameseModel(nn.Module):
                 if n not in ('self', 'backbone', *cls.head_names) and p.default is not inspect.Parameter.empty}
 
     @classmethod
+    def recipe_for(cls, image_size:int) -> Recipe:
+        "The recipe at `image_size` (the same at every size unless a framework says otherwise)."
+        return cls.recipe
+
+    @classmethod
     def option_defaults(cls, image_size:int) -> dict:
         "Options whose default depends on the image size (filled into a run's config)."
         return {}
@@ -92,13 +97,14 @@ class SiameseModel(nn.Module):
 
     def weight_optimizer(self, config, device, total_steps:int, steps_per_epoch:int=1, fused:bool=True):
         "The weight optimiser and lr schedule of this framework's recipe, at the config's lr and weight decay."
-        return weight_optimizer(self.recipe, self.weight_groups(config), config.lr, config.weight_decay,
+        recipe = self.recipe_for(getattr(config, 'image_size', None) or 32)
+        return weight_optimizer(recipe, self.weight_groups(config), config.lr, config.weight_decay,
                                 config.batch_size, device, total_steps, steps_per_epoch, fused)
 
     def arch_optimizer(self, config, device):
         "The optimiser of the architecture weights (None without any)."
         alphas = self.arch_parameters()
-        return arch_optimizer(self.recipe, alphas, config.arch_lr, config.arch_weight_decay, device) if alphas else None
+        return arch_optimizer(self.recipe_for(getattr(config, 'image_size', None) or 32), alphas, config.arch_lr, config.arch_weight_decay, device) if alphas else None
 
     def schedule(self, step:int, total_steps:int):
         "Update per-step state before weight step `step` of `total_steps` (nothing by default)."
@@ -190,6 +196,11 @@ class SimSiam(SiameseModel):
     loss_floor = -1.0
     head_names = ('projector', 'predictor')
 
+    @classmethod
+    def recipe_for(cls, image_size):
+        "SPEC's ImageNet weight step above 64 px: base lr 0.05 (x batch/256), weight decay 1e-4; CIFAR's below."
+        return dataclasses.replace(cls.recipe, lr=0.05, weight_decay=1e-4) if image_size > 64 else cls.recipe
+
     def __init__(self, backbone, projector, predictor, stop_gradient:bool=True):
         super().__init__(backbone, projector)
         self.predictor, self.stop_gradient = predictor, stop_gradient
@@ -232,6 +243,11 @@ class MoCo(SiameseModel):
     search_layers = (4, 0)
     recipe = Recipe('sgd', lr=0.06, weight_decay=5e-4, arch_lr=3e-4, arch_weight_decay=1e-3)
     state_modules = ('key', 'queue')
+
+    @classmethod
+    def recipe_for(cls, image_size):
+        "SPEC's ImageNet weight step above 64 px: base lr 0.05 (x batch/256), weight decay 1e-4; CIFAR's below."
+        return dataclasses.replace(cls.recipe, lr=0.05, weight_decay=1e-4) if image_size > 64 else cls.recipe
 
     def __init__(self, backbone, projector, out_dim:int=128, queue_size:int=4096, momentum:float=0.99,
                  temperature:float=0.1, symmetric:bool=True, key_bn_splits:int=8):

@@ -131,9 +131,9 @@ class HeldOutKNN(Hook):
     @torch.no_grad()
     def measure(self, run) -> float:
         "kNN top-1 on the held-out part of the training set, the rest of it as the bank."
-        d, embed = run.data, run.model.embed
-        bank = extract_features(embed, d.train_images[run.fit_idx], d.mean, d.std, device=run.device)
-        val = extract_features(embed, d.train_images[run.val_idx], d.mean, d.std, device=run.device)
+        d, embed = run.data, run.model.embed  # run.eval_images: from memory, or centred crops read from disk batch by batch
+        bank = extract_features(embed, run.eval_images(run.fit_idx), d.mean, d.std, device=run.device)
+        val = extract_features(embed, run.eval_images(run.val_idx), d.mean, d.std, device=run.device)
         return knn_accuracy(bank, d.train_labels[run.fit_idx], val, d.train_labels[run.val_idx], d.num_classes, run.c.knn_k)['top1']
 
     def after_epoch(self, run, record):

@@ -26,7 +26,8 @@ from .hooks import (Hook, EVENTS, hook_order, handles, Records, CollapseMonitor,
                           Checkpointer, Report, TensorBoard, tensorboard_writer_class)
 from .optim import make_optimizer
 from .ops import SPACES, NON_PARAMETRIC
-from .data import DATASETS, load_dataset, stratified_split, TwoViewAugment, BatchStream
+from .data import (DATASETS, LOADERS, load_dataset, stratified_split, TwoViewAugment, BatchStream, ImageData, ImageFiles, scan_imagefolder,
+                         ImageFileDataset, stream_loader, center_crops, choose_loader, default_workers, check_dali, DaliLoader)
 from .evaluate import extract_features, knn_accuracy, linear_probe
 from .metrics import MetricsWriter, grad_norm, alpha_entropy, truncate_after, DecisionTracker, DECISION_MARGIN, DECISION_PATIENCE
 from .dashboard import write_report
@@ -46,6 +47,9 @@ class RunConfig:
     data_dir: str = 'data'  # dataset root (imagefolder: the folder holding train/ and test/ or val/)
     download: bool = False  # download CIFAR when missing
     image_size: int|None = None  # default: the dataset's (32)
+    loader: str = 'auto'  # memory (decode the dataset once, hold it), stream (DataLoader workers read image folders from disk), dali (NVIDIA DALI decodes on the GPU) or auto (memory when the decoded images fit the budget); only image folders stream
+    memory_budget_gb: float|None = None  # auto's budget for the decoded images, in GB (10^9 bytes); default a quarter of the RAM
+    loader_workers: int|None = None  # worker processes reading files, per loader; default: this process's share of the cores, at most 8
     backbone: str = 'resnet_mini'  # the ResNet trunk
     stem: str = 'auto'  # backbone stem: auto (CIFAR's 3x3 conv up to 64 px), cifar, or imagenet (the original's ResNet-50 CIFAR searches)
     epochs: int = 2  # training epochs
@@ -87,9 +91,10 @@ class RunConfig:
         "A copy with the framework's defaults filled in."
         c = dataclasses.replace(self, options=dict(self.options))
         cls = get_framework(c.framework)
-        for name in ('lr', 'weight_decay', 'arch_lr', 'arch_weight_decay'):
-            if getattr(c, name) is None: setattr(c, name, getattr(cls.recipe, name))
         if c.image_size is None: c.image_size = 32  # CIFAR-sized; give --image-size 224 for ImageNet-sized folders
+        recipe = cls.recipe_for(c.image_size)  # SimSiam, MoCo: SPEC's ImageNet lr and weight decay above 64 px
+        for name in ('lr', 'weight_decay', 'arch_lr', 'arch_weight_decay'):
+            if getattr(c, name) is None: setattr(c, name, getattr(recipe, name))
         for k, v in cls.option_defaults(c.image_size).items(): c.options.setdefault(k, v)
         return c
 
@@ -101,7 +106,7 @@ CHOICES = {  # field -> its accepted values (registries are read when asked, so 
     'mode': lambda: ('search', 'pretrain'), 'framework': lambda: tuple(FRAMEWORKS), 'strategy': lambda: tuple(STRATEGIES),
     'space': lambda: tuple(SPACES), 'dataset': lambda: DATASETS, 'backbone': lambda: BACKBONES, 'stem': lambda: tuple(STEMS),
     'derive': lambda: ('sparse', 'edge'), 'arch_updates': lambda: ('step', 'epoch'), 'on_nan': lambda: ('stop', 'skip'),
-    'precision': lambda: ('auto', 'fp32', 'bf16', 'fp16'),
+    'precision': lambda: ('auto', 'fp32', 'bf16', 'fp16'), 'loader': lambda: LOADERS,
 }
 
 POSITIVE_INTS = ('epochs', 'batch_size', 'knn_k', 'log_every', 'monitor_every', 'arch_steps', 'decision_patience', 'image_size')
@@ -131,10 +136,17 @@ def validate(c:RunConfig) -> RunConfig:
     unknown = set(c.options) - set(get_framework(c.framework).options())
     if unknown: raise ValueError(f"unknown option(s) {sorted(unknown)} for {c.framework}; accepted: {', '.join(get_framework(c.framework).options())}")
     if c.tensorboard: tensorboard_writer_class()
+    if c.loader in ('stream', 'dali') and c.dataset != 'imagefolder':
+        raise ValueError(f"loader {c.loader!r} reads image folders only, and dataset {c.dataset!r} is held in memory; use --loader memory or auto")
+    if c.memory_budget_gb is not None and not (isinstance(c.memory_budget_gb, (int, float)) and c.memory_budget_gb > 0):
+        raise ValueError(f"memory_budget_gb must be a positive number of GB, got {c.memory_budget_gb!r}")
+    if c.loader_workers is not None and not (isinstance(c.loader_workers, int) and c.loader_workers >= 0):
+        raise ValueError(f"loader_workers must be a non-negative integer, got {c.loader_workers!r}")
     if not (c.device in ('auto', 'cpu', 'cuda') or c.device.startswith('cuda:')):
         raise ValueError(f"device {c.device!r} is not accepted; choose auto, cpu, cuda or cuda:N")
     if c.device.startswith('cuda') and not torch.cuda.is_available():
         raise ValueError(f"device {c.device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+    if c.loader == 'dali': check_dali('cuda' if c.device == 'auto' and torch.cuda.is_available() else 'cpu' if c.device == 'auto' else c.device)
     return c
 
 # %% ../nbs/08_train.ipynb #c010
@@ -177,6 +189,10 @@ class NonFiniteLoss(RuntimeError): pass
 
 def _is_main(): return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
+def _endless(stream):
+    "A stream's batches, epoch after epoch (a BatchStream's own iterator; a loader's passes one after the other)."
+    while True: yield from stream.epoch_batches()
+
 class Run:
     "A search or pretraining run: the loop of architecture and weight steps, and the hooks around it, in one run directory."
     def __init__(self,
@@ -186,7 +202,7 @@ class Run:
                  force:bool=False, # overwrite a different run in `out`
                  callbacks=(), # called with every metrics record (a live Dashboard, say)
                  progress:bool=True, # tqdm progress bars
-                 data=None, # an ImageData already loaded (else loaded from the config)
+                 data=None, # an ImageData already loaded, or the ImageFiles of a folder to stream (else read as the config says)
                  hooks=()): # more Hooks, beside the run's own
         self.c = validate(config).resolved()
         self.out, self.progress = Path(out), progress
@@ -205,13 +221,17 @@ class Run:
             torch.backends.cudnn.deterministic = self.c.deterministic
             if not self.c.deterministic: torch.set_float32_matmul_precision('high')  # TF32 matmuls for fp32 runs
         seed_everything(self.c.seed)
-        self.data = data if data is not None else load_dataset(self.c.dataset, self.c.data_dir, self.c.download, self.c.image_size)
+        resuming = resume and ck_path.is_file()
+        ck = load_checkpoint(ck_path) if resuming else None
+        # which loader, decided before anything heavy is read: an image folder is only listed for it
+        self.loader, self.loader_reason = self._choose_loader(data, ck)
+        if self.main: print(f"loader: {self.loader_reason}", flush=True)
+        self.data = self._load_data(data)
         self._split()
         self._build()
         self.step, self.epoch, self.alpha_grad_norm, self.step_record, self.epoch_line = 0, 0, None, None, []
         self.hooks = self.default_hooks() + list(hooks)
-        resuming = resume and ck_path.is_file()
-        if resuming: self._load_state(load_checkpoint(ck_path), ck_path)
+        if resuming: self._load_state(ck, ck_path); del ck
         # Only now, with data, model and checkpoint known to be good, is anything written.
         if self.main:
             self._claim_dir(resume, force)
@@ -227,6 +247,7 @@ class Run:
             self.log('config', config=asdict(self.c), primitives=list(self.primitives()), world_size=self.world)
             self.log('event', event='start', message=f"{self.c.mode} {self.c.framework} on {self.c.dataset} ({self.device}, {self.amp_dtype})"
                      + (f", strategy {self.c.strategy}" if self.searching else ''))
+        self.log('event', event='loader', loader=self.loader, message=self.loader_reason)
 
     def default_hooks(self) -> list:
         "The run's own hooks, from its config."
@@ -264,6 +285,43 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg, json.dumps(asdict(self.c), indent=1))
 
+    def _choose_loader(self, data, ck) -> tuple:
+        "('memory', 'stream' or 'dali', the sentence saying why), the same on every process."
+        c, self.files = self.c, None
+        if isinstance(data, ImageFiles): self.files = data
+        elif data is not None: return 'memory', 'memory: the data were given, already held in memory.'
+        elif c.dataset != 'imagefolder': return 'memory', f"memory: {c.dataset} is held in memory (only image folders stream)."
+        else: self.files = scan_imagefolder(c.data_dir, progress=self.progress and self.main)
+        if ck is not None and c.loader == 'auto' and ck.get('loader'):
+            choice = (ck['loader'], f"auto keeps {ck['loader']}, the loader this run started with.")
+        else:
+            budget = None if c.memory_budget_gb is None else int(c.memory_budget_gb * 1e9)
+            requested = 'stream' if isinstance(data, ImageFiles) and c.loader != 'dali' else c.loader
+            choice = choose_loader(requested, len(self.files.train_files) + len(self.files.test_files), c.image_size, budget)
+        if self.world > 1:  # machines may differ in memory: every rank takes rank 0's choice
+            shared = list(choice); dist.broadcast_object_list(shared, src=0); choice = tuple(shared)
+        return choice
+
+    def _load_data(self, data):
+        "What the run reads its images from: an ImageData held in memory, or the listed ImageFiles of a streamed folder."
+        if data is not None: return data
+        if self.loader != 'memory': return self.files
+        return load_dataset(self.c.dataset, self.c.data_dir, self.c.download, self.c.image_size)
+
+    def _workers(self) -> int:
+        c = self.c
+        return c.loader_workers if c.loader_workers is not None else default_workers(2 if c.mode == 'search' else 1)
+
+    def _stream(self, indices, batch_size, seed):
+        "A loader of uint8 (images, labels, indices) batches of a split, read from disk in `BatchStream`'s order."
+        c, f = self.c, self.data
+        views = 2 if c.image_size > 64 else 1  # the 224 px recipe: two random-resized crops of the full photo, cut in the workers
+        if self.loader == 'dali':
+            return DaliLoader(f.train_files, f.train_labels, c.image_size, batch_size, indices, seed, self.rank, self.world, views,
+                              num_threads=self._workers(), device=self.device)
+        ds = ImageFileDataset(f.train_files, f.train_labels, c.image_size, crop='random' if views == 2 else 'center', seed=c.seed, views=views)
+        return stream_loader(ds, batch_size, indices, seed, rank=self.rank, world_size=self.world, num_workers=self._workers(), device=self.device)
+
     def _split(self):
         c, y = self.c, self.data.train_labels
         fit, val = stratified_split(y, 1 - c.val_fraction, seed=c.seed)
@@ -273,9 +331,14 @@ class Run:
             self.weight_idx, self.arch_idx = fit[w], fit[a]
         else: self.weight_idx, self.arch_idx = fit, None
         bs = c.batch_size // self.world
-        self.weight_stream = BatchStream(self.weight_idx, bs, seed=c.seed, rank=self.rank, world_size=self.world)
-        self.arch_stream = BatchStream(self.arch_idx, bs, seed=c.seed + 7, rank=self.rank, world_size=self.world) if self.arch_idx is not None else None
-        self.images = self.data.train_images.to(self.device)
+        if self.loader == 'memory':
+            self.weight_stream = BatchStream(self.weight_idx, bs, seed=c.seed, rank=self.rank, world_size=self.world)
+            self.arch_stream = BatchStream(self.arch_idx, bs, seed=c.seed + 7, rank=self.rank, world_size=self.world) if self.arch_idx is not None else None
+            self.images = self.data.train_images.to(self.device)
+        else:  # the same splits, orders and shards, the images read as the batches come
+            self.weight_stream = self._stream(self.weight_idx, bs, c.seed)
+            self.arch_stream = self._stream(self.arch_idx, bs, c.seed + 7) if self.arch_idx is not None else None
+            self.images = None
         recipe = 'cifar' if c.image_size <= 64 else 'imagenet'
         self.augment = TwoViewAugment(c.image_size, self.data.mean, self.data.std, recipe)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(c.seed * 1000 + self.rank)
@@ -328,7 +391,7 @@ class Run:
         state = dict(config=asdict(self.c), model=self.model.state_dict(), step=self.step, epoch=self.epoch,
                      w_opt=self.w_opt.state_dict(), w_sched=self.w_sched.state_dict(),
                      a_opt=self.a_opt.state_dict() if self.a_opt else None, scaler=self.scaler.state_dict(),
-                     weight_stream=self.weight_stream.state_dict(),
+                     loader=self.loader, weight_stream=self.weight_stream.state_dict(),
                      arch_stream=self.arch_stream.state_dict() if self.arch_stream else None,
                      rng=dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                               aug=self.aug_gen.get_state(), python=list(random.getstate()[1])))
@@ -364,9 +427,20 @@ class Run:
         if self.amp_dtype == torch.float32: return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def views(self, idx):
-        "The two augmented views of the training images at `idx`."
-        x = self.images[idx.to(self.device, non_blocking=True)]
+    def batch_images(self, batch) -> torch.Tensor:
+        "The uint8 images of a batch, on the device: an index tensor picks them from memory; a loader's (images, labels, indices) bring them."
+        if torch.is_tensor(batch): return self.images[batch.to(self.device, non_blocking=True)]
+        return batch[0].to(self.device, non_blocking=True)
+
+    def eval_images(self, idx:torch.Tensor):
+        "The un-augmented training images at `idx`: a uint8 tensor from memory, or a loader of centred crops read from disk in batches."
+        if self.loader == 'memory': return self.data.train_images[idx]
+        f = self.data
+        return center_crops(f.train_files, f.train_labels, self.c.image_size, idx, max(1, self.c.batch_size // self.world), self._workers(), self.device)
+
+    def views(self, batch):
+        "The two augmented views of a batch: indices of training images in memory, or a loader's uint8 (images, labels, indices), cropped or not."
+        x = self.batch_images(batch)
         v1, v2 = self.augment(x, self.aug_gen)
         if self.channels_last: v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
         return v1, v2
@@ -432,7 +506,7 @@ class Run:
     def fit(self) -> dict:
         "Train until the last epoch; returns a summary."
         c = self.c
-        arch_batches = iter(self.arch_stream) if self.searching else None
+        arch_batches = _endless(self.arch_stream) if self.searching else None
         self.model.train()
         self._event('before_fit')
         while self.epoch < c.epochs:
@@ -503,16 +577,41 @@ def model_from_checkpoint(ck:dict, device='cpu') -> SiameseModel:
     m.load_state_dict(ck['model'])
     return m.to(device).eval()
 
-def evaluate_model(model:SiameseModel, data, protocol:str='knn', k:int=200, device='cpu', epochs:int=100, seed:int=0) -> dict:
-    "Test-set top-1/top-5 of a model's frozen backbone features: kNN or a linear probe."
+def evaluate_model(model:SiameseModel,
+                   data, # an ImageData held in memory, or the ImageFiles of a folder read from disk in batches
+                   protocol:str='knn', k:int=200, device='cpu',
+                   epochs:int=100, # linear probe epochs
+                   seed:int=0,
+                   image_size:int|None=None, # ImageFiles: the side of the centred crops (ImageNet's evaluation crop above 64 px)
+                   num_workers:int|None=None, # ImageFiles: worker processes reading files
+                   batch_size:int=256, # ImageFiles: images per batch
+                  ) -> dict:
+    "Test-set top-1/top-5 of a model's frozen backbone features: kNN or a linear probe (on fixed features of un-augmented images)."
     _choice('protocol', protocol, ('knn', 'linear'))
     d = data
-    tr = extract_features(model.embed, d.train_images, d.mean, d.std, device=device)
-    te = extract_features(model.embed, d.test_images, d.mean, d.std, device=device)
+    if isinstance(d, ImageFiles):
+        if image_size is None: raise ValueError("evaluating an image folder read from disk needs image_size, the side of its crops")
+        crops = lambda files, labels: center_crops(files, labels, image_size, batch_size=batch_size, num_workers=num_workers, device=device)
+        tr = extract_features(model.embed, crops(d.train_files, d.train_labels), d.mean, d.std, device=device)
+        te = extract_features(model.embed, crops(d.test_files, d.test_labels), d.mean, d.std, device=device)
+    else:
+        tr = extract_features(model.embed, d.train_images, d.mean, d.std, device=device)
+        te = extract_features(model.embed, d.test_images, d.mean, d.std, device=device)
     if protocol == 'knn': return knn_accuracy(tr, d.train_labels, te, d.test_labels, d.num_classes, k)
     return linear_probe(tr, d.train_labels, te, d.test_labels, d.num_classes, epochs=epochs, seed=seed, device=device)
 
-def evaluate_run(run:str|Path, protocol:str='knn', which:str='final', device:str='auto', k:int|None=None, epochs:int=100, data=None) -> dict:
+def _evaluation_data(c:RunConfig):
+    "A run's dataset for evaluation: in memory, or listed to be read in batches when the run streamed it (or auto would here)."
+    if c.dataset != 'imagefolder': return load_dataset(c.dataset, c.data_dir, False, c.image_size)
+    files = scan_imagefolder(c.data_dir, progress=False)
+    budget = None if c.memory_budget_gb is None else int(c.memory_budget_gb * 1e9)
+    requested = 'stream' if c.loader == 'dali' else c.loader  # DALI trains; evaluation reads with DataLoader workers
+    choice, _ = choose_loader(requested, len(files.train_files) + len(files.test_files), c.image_size, budget)
+    return files if choice == 'stream' else load_dataset(c.dataset, c.data_dir, False, c.image_size)
+
+def evaluate_run(run:str|Path, protocol:str='knn', which:str='final', device:str='auto', k:int|None=None,
+                 epochs:int|None=None, # linear probe epochs; default 100, or 90 above 64 px (SPEC's ImageNet protocol)
+                 data=None) -> dict:
     "Evaluate a run directory's backbone on its dataset's test set; the result is logged to its metrics.jsonl."
     run = Path(run)
     _choice('checkpoint', which, ('final', 'best'))
@@ -520,8 +619,10 @@ def evaluate_run(run:str|Path, protocol:str='knn', which:str='final', device:str
     ck = load_checkpoint(run / ('checkpoint.pt' if which == 'final' else 'best.pt'))
     c = RunConfig(**ck['config']).resolved()
     dev = resolve_device(device)
-    data = data if data is not None else load_dataset(c.dataset, c.data_dir, False, c.image_size)
-    res = evaluate_model(model_from_checkpoint(ck, dev), data, protocol, k or c.knn_k, dev, epochs, c.seed)
+    if epochs is None: epochs = 90 if c.image_size > 64 else 100
+    data = data if data is not None else _evaluation_data(c)
+    workers = c.loader_workers if c.loader_workers is not None else default_workers()
+    res = evaluate_model(model_from_checkpoint(ck, dev), data, protocol, k or c.knn_k, dev, epochs, c.seed, c.image_size, workers)
     res = dict(protocol=protocol, split='test', checkpoint=which, **res)
     with MetricsWriter(run / 'metrics.jsonl') as w: w.log('eval', step=ck.get('step', 0), epoch=ck.get('epoch', 0), **res)
     write_report(run)

@@ -1,5 +1,5 @@
 "Beyond one process: sweeps through submitit (its local executor, and SLURM played by a few shell scripts), a search over two torchrun nodes on the loopback, and the streamed image folder's pieces."
-import json, os, socket, subprocess, sys
+import json, os, signal, socket, subprocess, sys, time
 import torch
 from pathlib import Path
 import pytest
@@ -173,21 +173,26 @@ def test_two_nodes_on_the_loopback(tmp_path):
 
 
 # -- streamed image folders -----------------------------------------------------------------------------------------
-@pytest.fixture(scope='module')
-def jpeg_folder(tmp_path_factory):
-    "train/ (3 classes x 12) and test/ (3 x 2) JPEGs of varied sizes, from 24x40 to 61x33 px."
+def make_jpegs(root, n_train:int, n_test:int, seed:int=0):
+    "train/ and test/ of 3 classes (ant, bee, cat) with n_train and n_test JPEGs each, gradients plus noise, from 24x24 to 61x61 px."
     import numpy as np
     from PIL import Image
-    root, rng = tmp_path_factory.mktemp('jpegs'), np.random.default_rng(0)
-    for split, n in (('train', 12), ('test', 2)):
+    root, rng = Path(root), np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('test', n_test)):
         for c in ('ant', 'bee', 'cat'):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
                 h, w = int(rng.integers(24, 62)), int(rng.integers(24, 62))
                 yy, xx = np.mgrid[0:h, 0:w]
                 img = (np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 40.0 * ('ant', 'bee', 'cat').index(c))], -1) + rng.normal(0, 12, (h, w, 3)))
-                Image.fromarray(img.clip(0, 255).astype('uint8')).save(root / split / c / f'{i:03d}.jpg', quality=90)
+                Image.fromarray(img.clip(0, 255).astype('uint8')).save(root / split / c / f'{i:04d}.jpg', quality=90)
     return root
+
+
+@pytest.fixture(scope='module')
+def jpeg_folder(tmp_path_factory):
+    "train/ (3 classes x 12) and test/ (3 x 2) JPEGs of varied sizes, from 24x40 to 61x33 px."
+    return make_jpegs(tmp_path_factory.mktemp('jpegs'), 12, 2)
 
 
 def collect(loader, n=None):
@@ -275,4 +280,207 @@ def test_choose_loader():
     assert choice == 'memory' and why.startswith('auto chose memory: 1000 images of 32x32 px take 2.9 MiB decoded, within the budget of') and '25% of' in why
     assert choose_loader('auto', 1000, 224, share=1e-6)[0] == 'stream'
     assert choose_loader('stream', 10, 32) == ('stream', 'the stream loader was asked for (10 images of 32x32 px take 30.0 KiB decoded).')
-    with pytest.raises(ValueError, match="loader 'disk' is not known; choose memory, stream or auto"): choose_loader('disk', 10, 32)
+    with pytest.raises(ValueError, match="loader 'disk' is not known; choose memory, stream, dali or auto"): choose_loader('disk', 10, 32)
+
+
+# -- the run with a streamed folder -------------------------------------------------------------------------------------
+THREADS = dict(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+
+
+def records(run):
+    return [json.loads(l) for l in (Path(run) / 'metrics.jsonl').read_text().splitlines()]
+
+
+def _tree_pss(pid) -> int:
+    "Proportional set size of a process and all its descendants, in bytes (shared pages split between them)."
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            todo += [int(c) for t in os.listdir(f'/proc/{p}/task') for c in Path(f'/proc/{p}/task/{t}/children').read_text().split()]
+            total += next(int(l.split()[1]) * 1024 for l in Path(f'/proc/{p}/smaps_rollup').read_text().splitlines() if l.startswith('Pss:'))
+        except (OSError, StopIteration, ValueError): pass
+    return total
+
+
+def peak_memory(args, cwd) -> dict:
+    "Run `python -m nasiam ARGS` in a subprocess: its exit code, output, the peak RSS of its largest process, the run's or a worker's (wait4: exact), and the sampled peak PSS of its process tree."
+    log = Path(cwd) / f"{Path(args[args.index('--out') + 1]).name}.log"
+    with open(log, 'w') as out:
+        p = subprocess.Popen([sys.executable, '-m', 'nasiam', *map(str, args)], stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                             env={**os.environ, **THREADS})
+        peak_pss, deadline = 0, time.time() + 600
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)  # this child's own rusage: its peak and its reaped workers'
+            if pid: break
+            peak_pss = max(peak_pss, _tree_pss(p.pid))
+            if time.time() > deadline: p.kill()
+            time.sleep(0.05)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return dict(code=p.returncode, log=log.read_text(), rss=usage.ru_maxrss * 1024, pss=peak_pss)
+
+
+@pytest.mark.skipif(not Path('/proc/self/smaps_rollup').exists(), reason='measures memory through /proc (Linux)')
+def test_stream_run_stays_under_the_memory_budget(tmp_path):
+    """A folder whose decoded images (2,007 at 128 px: 94 MiB) exceed a 0.06 GB budget: auto streams it, and a 1-epoch search with the held-out kNN
+    peaks under the budget plus the peak of the same command on a small folder (456 images, streamed), which is the fixed overhead:
+    the interpreter, torch, the model, the steps and the report, the loader workers and their prefetched batches at the same batch size."""
+    from nasiam.data import decoded_bytes
+    budget_gb = 0.06
+    big, small = make_jpegs(tmp_path / 'big', 667, 2), make_jpegs(tmp_path / 'small', 150, 2)
+    assert decoded_bytes(3 * 669, 128) > budget_gb * 1e9 * 1.5  # the memory path would have to hold more than the budget
+    common = ['search', '--dataset', 'imagefolder', '--image-size', '128', '--backbone', 'resnet_mini', '--batch-size', '32',
+              '--epochs', '1', '--train-portion', '0.1', '--knn-every', '1', '--knn-k', '20', '--device', 'cpu', '--precision', 'fp32',
+              '--loader-workers', '1', '--no-progress']
+    base = peak_memory([*common, '--data-dir', small, '--loader', 'stream', '--out', tmp_path / 'small-run'], tmp_path)
+    assert base['code'] == 0, base['log'][-2000:]
+    got = peak_memory([*common, '--data-dir', big, '--loader', 'auto', '--memory-budget-gb', budget_gb, '--out', tmp_path / 'big-run'], tmp_path)
+    assert got['code'] == 0, got['log'][-2000:]
+    assert 'loader: auto chose stream: 2007 images of 128x128 px take 94.1 MiB decoded, over the budget of 57.2 MiB.' in got['log'], got['log'][:500]
+    assert [(r['loader'], r['message'][:17]) for r in records(tmp_path / 'big-run') if r.get('event') == 'loader'] == [('stream', 'auto chose stream')]
+    assert any('val_knn_top1' in r for r in records(tmp_path / 'big-run') if r['kind'] == 'epoch')
+    mib = lambda b: f"{b / 2**20:.0f} MiB"
+    figures = (f"peak RSS {mib(got['rss'])} (small folder {mib(base['rss'])}), peak PSS of the tree {mib(got['pss'])} "
+               f"(small folder {mib(base['pss'])}), budget {mib(budget_gb * 1e9)}")
+    print(figures)
+    # the exact peak of each process (the run and its workers) is what is held to the budget; the tree's PSS is sampled every 50 ms and
+    # swings by tens of MiB with the moments the evaluation workers are alive, so it is reported, not asserted
+    assert got['rss'] < base['rss'] + budget_gb * 1e9, figures
+
+
+STREAM_RUN = ['--dataset', 'imagefolder', '--loader', 'stream', '--loader-workers', '1', '--image-size', '72', '--backbone', 'resnet_mini',
+              '--batch-size', '16', '--val-fraction', '0.2', '--device', 'cpu', '--precision', 'fp32', '--knn-k', '20', '--log-every', '1',
+              '--no-progress']
+
+
+def nasiam_process(*args, cwd):
+    out = Path(cwd) / f"{Path(args[args.index('--out') + 1]).name}.log"
+    p = subprocess.Popen([sys.executable, '-m', 'nasiam', *map(str, args)], stdout=open(out, 'a'), stderr=subprocess.STDOUT, cwd=cwd,
+                         env={**os.environ, **THREADS})
+    p.logfile = out
+    return p
+
+
+def test_stream_sigkill_mid_epoch_then_resume_is_identical(tmp_path):
+    "The 72 px recipe streamed (crops cut in the workers): SIGKILL after a mid-epoch checkpoint, --resume: the same genotype and alphas, bit for bit, as a run never stopped."
+    from nasiam.genotype import Genotype
+    from nasiam.train import load_checkpoint
+    folder = make_jpegs(tmp_path / 'photos', 60, 2)  # 180 images: 144 fit, 72 weight, 4 steps an epoch
+    args = ['search', '--data-dir', folder, '--epochs', '2', '--checkpoint-every', '3', '--knn-every', '0', *STREAM_RUN]
+    whole = nasiam_process(*args, '--out', tmp_path / 'whole', cwd=tmp_path)
+    killed = nasiam_process(*args, '--out', tmp_path / 'killed', cwd=tmp_path)
+    ck = tmp_path / 'killed' / 'checkpoint.pt'
+    deadline = time.time() + 600
+    while not ck.exists() and killed.poll() is None and time.time() < deadline: time.sleep(0.01)
+    assert killed.poll() is None, 'the run ended before its first checkpoint: ' + Path(killed.logfile).read_text()[-2000:]
+    killed.send_signal(signal.SIGKILL); killed.wait()
+    state = load_checkpoint(ck)
+    assert state['loader'] == 'stream' and state['step'] < 8, 'killed too late to test a resume'
+    assert state['weight_stream']['position'] % 4 != 0 and state['arch_stream']['position'] > 0, state['weight_stream']  # mid-epoch
+    resumed = nasiam_process(*args, '--out', tmp_path / 'killed', '--resume', cwd=tmp_path)
+    assert resumed.wait(timeout=600) == 0, Path(resumed.logfile).read_text()[-2000:]
+    assert whole.wait(timeout=600) == 0, Path(whole.logfile).read_text()[-2000:]
+    g1, g2 = [Genotype.from_json((tmp_path / r / 'genotype.json').read_text()) for r in ('whole', 'killed')]
+    assert g1.projector == g2.projector and g1.predictor == g2.predictor
+    a, b = load_checkpoint(tmp_path / 'whole' / 'checkpoint.pt'), load_checkpoint(ck)
+    assert a['step'] == b['step'] == 8
+    alphas = [k for k in a['model'] if k.endswith('alphas')]
+    assert alphas and all(torch.equal(a['model'][k], b['model'][k]) for k in alphas)
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])  # and every weight
+    recs = records(tmp_path / 'killed')
+    assert [r['event'] for r in recs if r['kind'] == 'event'].count('resume') == 1
+    steps = [r['step'] for r in recs if r['kind'] == 'step']
+    assert len(steps) == len(set(steps)) == 8, 'a step is missing or logged twice'
+
+
+def _run(tmp_path, folder, name, **kw):
+    from nasiam.train import Run, RunConfig
+    c = RunConfig(dataset='imagefolder', data_dir=str(folder), backbone='resnet_mini', batch_size=4, knn_every=0, device='cpu',
+                  precision='fp32', loader_workers=0, **kw)
+    return Run(c, tmp_path / name, progress=False)
+
+
+def test_stream_and_memory_feed_the_loop_the_same_images(jpeg_folder, tmp_path, capsys):
+    """Up to 64 px the two loaders give the loop the same batches in the same order: the same indices and labels, images equal up to
+    the resize's rounding (torchvision decodes and resizes in the workers, PIL in memory), so the same augmented views; the held-out
+    images too. Above 64 px the workers cut two crops and the device augmentation skips its own."""
+    mem, streamed = _run(tmp_path, jpeg_folder, 'memory', loader='memory', image_size=16), _run(tmp_path, jpeg_folder, 'stream', loader='stream', image_size=16)
+    assert (mem.loader, streamed.loader) == ('memory', 'stream') and 'loader: the stream loader was asked for' in capsys.readouterr().out
+    assert streamed.images is None and not hasattr(streamed.data, 'train_images')  # nothing decoded up front
+    for name in ('fit_idx', 'val_idx', 'weight_idx', 'arch_idx'): assert torch.equal(getattr(mem, name), getattr(streamed, name)), name
+    for m_stream, s_stream in ((mem.weight_stream, streamed.weight_stream), (mem.arch_stream, streamed.arch_stream)):
+        m_batches, s_batches = list(m_stream.epoch_batches()), list(s_stream.epoch_batches())
+        assert len(m_batches) == len(s_batches) > 0
+        for idx, (images, labels, indices) in zip(m_batches, s_batches):
+            assert torch.equal(idx, indices) and torch.equal(labels, mem.data.train_labels[idx])
+            a, b = mem.batch_images(idx), streamed.batch_images((images, labels, indices))
+            assert a.shape == b.shape and a.dtype == b.dtype == torch.uint8
+            assert (a.float() - b.float()).abs().mean() < 4
+            v_mem, v_stream = mem.views(idx), streamed.views((images, labels, indices))  # same generator seed: the same draws
+            assert all((x - y).abs().mean() < 0.1 for x, y in zip(v_mem, v_stream))
+    held = torch.cat([b[0] for b in streamed.eval_images(streamed.val_idx)])
+    assert (held.float() - mem.eval_images(mem.val_idx).float()).abs().mean() < 4
+
+    big = _run(tmp_path, jpeg_folder, 'stream72', loader='stream', image_size=72, framework='moco', options={'queue_size': 64})
+    images, labels, indices = next(iter(big.weight_stream.epoch_batches()))
+    assert images.shape == (4, 2, 3, 72, 72) and images.dtype == torch.uint8  # two crops per image, from the workers
+    v1, v2 = big.views((images, labels, indices))
+    assert v1.shape == v2.shape == (4, 3, 72, 72) and v1.dtype == torch.float32
+    assert (big.c.lr, big.c.weight_decay, big.c.options['momentum'], big.c.options['queue_size']) == (0.05, 1e-4, 0.999, 64)
+    held = next(iter(big.eval_images(big.val_idx)))[0]
+    assert held.shape[1:] == (3, 72, 72)  # ImageNet's centre crop, 224/256 of the shorter side
+
+
+def test_evaluate_a_streamed_run(jpeg_folder, tmp_path):
+    "evaluate --protocol linear on a run that streamed: centred crops read in batches, 90 epochs by default above 64 px."
+    run = tmp_path / 'run'
+    code, out, err = cli('search', '--data-dir', jpeg_folder, '--epochs', '1', '--out', run, *STREAM_RUN, '--batch-size', '8', '--knn-every', '0')
+    assert code == 0, err
+    code, out, err = cli('evaluate', '--run', run, '--protocol', 'linear', '--device', 'cpu')
+    assert code == 0, err
+    res = json.loads(out.splitlines()[-1])
+    assert res['protocol'] == 'linear' and 0 <= res['top1'] <= 100
+    from nasiam.train import evaluate_run
+    import nasiam.train as train
+    seen = {}
+    probe = train.linear_probe
+    def spy(*a, **kw): seen.update(kw); return probe(*a, **kw)
+    train.linear_probe = spy
+    try: evaluate_run(run, 'linear', device='cpu')
+    finally: train.linear_probe = probe
+    assert seen['epochs'] == 90
+
+
+def test_loader_refusals(jpeg_folder, tmp_path):
+    "Loaders that cannot serve: one line, exit 2, nothing written."
+    from nasiam.data import dali_available
+    out = tmp_path / 'run'
+    cases = [(('--dataset', 'digits', '--loader', 'stream'), "loader 'stream' reads image folders only, and dataset 'digits' is held in memory"),
+             (('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--memory-budget-gb', '0'), 'memory_budget_gb must be a positive number of GB, got 0.0'),
+             (('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--loader-workers', '-1'), 'loader_workers must be a non-negative integer, got -1'),
+             (('--dataset', 'digits', '--loader', 'disk'), "argument --loader: invalid choice: 'disk'")]
+    if not dali_available():
+        cases.append((('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--loader', 'dali'), 'pip install nasiam[dali]'))
+    elif not torch.cuda.is_available():
+        cases.append((('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--loader', 'dali', '--device', 'cpu'), 'CUDA device'))
+    for args, needle in cases:
+        code, stdout, err = cli('search', *args, '--out', out)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, (args, err)
+        assert not out.exists()
+
+
+def test_dali_loader(jpeg_folder, tmp_path):
+    "--loader dali where DALI and CUDA are: the order is BatchStream's, two crops a photo at 72 px, a resumable state, and a search through it."
+    from nasiam.data import dali_available, DaliLoader, scan_imagefolder, BatchStream
+    if not dali_available(): pytest.skip('NVIDIA DALI is not installed (pip install nasiam[dali])')
+    if not torch.cuda.is_available(): pytest.skip('DALI decodes on a CUDA device and there is none here')
+    files = scan_imagefolder(jpeg_folder, progress=False)
+    dl = DaliLoader(files.train_files, files.train_labels, 72, 6, seed=3, views=2)
+    batches = list(dl)
+    assert len(batches) == 6 and dl.state_dict() == dict(epoch=1, position=0)
+    images, labels, idx = batches[0]
+    assert images.shape == (6, 2, 3, 72, 72) and images.dtype == torch.uint8 and images.is_cuda and torch.equal(labels, files.train_labels[idx])
+    assert torch.equal(torch.cat([b[2] for b in batches]), torch.cat(list(BatchStream(36, 6, seed=3).epoch_batches())))
+    code, out, err = cli('search', '--data-dir', jpeg_folder, '--epochs', '1', '--out', tmp_path / 'run', *STREAM_RUN, '--loader', 'dali', '--device', 'cuda')
+    assert code == 0, err
+    assert [r['loader'] for r in records(tmp_path / 'run') if r.get('event') == 'loader'] == ['dali']
