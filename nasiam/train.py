@@ -225,7 +225,7 @@ class Run:
         ck = load_checkpoint(ck_path) if resuming else None
         # which loader, decided before anything heavy is read: an image folder is only listed for it
         self.loader, self.loader_reason = self._choose_loader(data, ck)
-        if self.main: print(f"loader: {self.loader_reason}", flush=True)
+        if self.main and self.c.dataset == 'imagefolder': print(f"loader: {self.loader_reason}", flush=True)  # the choice a folder's size makes
         self.data = self._load_data(data)
         self._split()
         self._build()
