@@ -490,13 +490,14 @@ class ImageFiles:
 def scan_imagefolder(
     data_dir:str|Path, # the folder holding train/ and test/ (or val/), one sub-folder of images per class in each
     progress:bool=True, # a progress bar over the class folders (stderr)
+    delay:float=1.0, # seconds a scan runs before its bar shows: only a large folder's scan shows one
 ) -> ImageFiles:
     "The files and labels of an image folder, listed without decoding, by the rules of `load_dataset('imagefolder')`."
     from tqdm.auto import tqdm
     train_dir, test_dir = _imagefolder_splits(data_dir)
     count = lambda d: sum(1 for p in d.iterdir() if p.is_dir())
     with tqdm(total=count(train_dir) + count(test_dir), desc=f'scanning {Path(data_dir).name or data_dir}', unit='class',
-              disable=not progress) as bar:
+              disable=not progress, delay=delay) as bar:
         found = [0]
         def listed(n):
             found[0] += n; bar.update(1); bar.set_postfix(images=found[0], refresh=False)

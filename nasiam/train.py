@@ -247,7 +247,7 @@ class Run:
             self.log('config', config=asdict(self.c), primitives=list(self.primitives()), world_size=self.world)
             self.log('event', event='start', message=f"{self.c.mode} {self.c.framework} on {self.c.dataset} ({self.device}, {self.amp_dtype})"
                      + (f", strategy {self.c.strategy}" if self.searching else ''))
-        self.log('event', event='loader', loader=self.loader, message=self.loader_reason)
+        if self.c.dataset == 'imagefolder': self.log('event', event='loader', loader=self.loader, message=self.loader_reason)
 
     def default_hooks(self) -> list:
         "The run's own hooks, from its config."

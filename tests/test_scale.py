@@ -260,7 +260,7 @@ def test_stream_images_match_the_memory_path(jpeg_folder):
 
 def test_scan_shows_progress_and_refuses_like_load_dataset(jpeg_folder, tmp_path, capsys):
     from nasiam.data import scan_imagefolder, load_dataset
-    files = scan_imagefolder(jpeg_folder)
+    files = scan_imagefolder(jpeg_folder, delay=0)
     assert len(files.train_files) == 36 and len(files.test_files) == 6 and files.num_classes == 3
     err = capsys.readouterr().err
     assert 'scanning' in err and '6/6' in err and 'images=42' in err, err
