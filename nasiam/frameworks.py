@@ -405,5 +405,5 @@ def build_model(framework:str, # a name in FRAMEWORKS
     options = cls.options()
     extra = set(hparams) - set(options)
     if extra: raise ValueError(f"unknown option(s) {sorted(extra)} for {framework}; accepted: {', '.join(sorted(set(options) | set(widths)))}")
-    if 'out_dim' in options and 'out_dim' in head_kw: hparams['out_dim'] = head_kw['out_dim']  # MoCo's queue holds projections
+    hparams.update({k: v for k, v in head_kw.items() if k in options})  # a width the framework also needs (MoCo's queue holds out_dim projections)
     return cls(bb, **cls.heads(bb.feat_dim, variant, genotype, space, **head_kw), **hparams)

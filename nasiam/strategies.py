@@ -16,7 +16,6 @@ from .ops import SearchCell, gumbel_one_hot
 class Strategy:
     "The gradient of the architecture weights; subclasses set `name` and implement `arch_grads`."
     name = ''
-    needs_weight_batch = False  # True: arch_grads also gets the next weight step's batch
     fused_weight_optimizer = True  # False: ops can be left without a gradient in a step (the fused SGD kernel needs them all)
 
     def __init__(self, config=None): self.config = config
@@ -25,7 +24,7 @@ class Strategy:
         "Called before each epoch (0-based)."
 
     def arch_grads(self, run, idx, weight_idx, alphas:list) -> tuple:
-        "(loss, gradients of `alphas`) for a batch of architecture-split indices."
+        "(loss, gradients of `alphas`) for a batch of the architecture split; `weight_idx` is the next weight step's batch (None with one alpha step per epoch)."
         raise NotImplementedError
 
 STRATEGIES = {}  # name -> strategy class
@@ -80,7 +79,6 @@ def darts2_grads(train_loss, # (params, backbone_grad) -> L_train on the weight 
 class DARTS2(Strategy):
     "Second-order DARTS: the unrolled weight step, its Hessian-vector product by finite differences."
     name = 'darts2'
-    needs_weight_batch = True
 
     def _virtual_step(self, run):
         "The weight optimiser's SGD direction per parameter: gradient + weight decay (+ momentum buffer)."

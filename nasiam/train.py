@@ -8,13 +8,12 @@ __all__ = ['CHOICES', 'POSITIVE_INTS', 'RunConfig', 'validate', 'resolve_device'
            'evaluate_run']
 
 # %% ../nbs/08_train.ipynb #c002
-import dataclasses, json, math, os, random, time, warnings
+import dataclasses, json, os, random, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from contextlib import nullcontext
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.distributed as dist
 from torch.func import functional_call
 from tqdm.auto import tqdm
@@ -22,7 +21,7 @@ from .genotype import Genotype, load_genotype
 from .backbones import BACKBONES
 from .frameworks import FRAMEWORKS, STEMS, build_model, get_framework, SiameseModel
 from .strategies import STRATEGIES, get_strategy
-from .hooks import (Hook, EVENTS, hook_order, handles, Records, CollapseMonitor, SearchMonitor, HeldOutKNN,
+from .hooks import (hook_order, handles, Records, CollapseMonitor, SearchMonitor, HeldOutKNN,
                           Checkpointer, Report, TensorBoard, tensorboard_writer_class)
 from .optim import make_optimizer
 from .ops import SPACES, NON_PARAMETRIC
@@ -240,7 +239,10 @@ class Run:
             # no duplicated steps: drop what was logged after the checkpoint (or everything, without one)
             if resume and metrics.is_file(): truncate_after(metrics, self.step if resuming else -1)
             if self.c.tensorboard: self.hooks.append(TensorBoard(self.out / 'tensorboard'))
-        sinks = [h.on_record for h in sorted(self.hooks, key=lambda h: hook_order(h, 'on_record')) if handles(h, 'on_record')]
+        # each event's hooks in order, sorted once: events fire every step
+        self._on = {e: sorted((h for h in self.hooks if handles(h, e)), key=lambda h: hook_order(h, e))
+                    for e in ('before_fit', 'before_epoch', 'before_step', 'after_step', 'after_epoch', 'after_fit', 'on_record')}
+        sinks = [h.on_record for h in self._on['on_record']]
         self.writer = MetricsWriter(self.out / 'metrics.jsonl', [*callbacks, *sinks]) if self.main else None
         if resuming: self.log('event', event='resume', message=f"resumed at step {self.step} (epoch {self.epoch})")
         else:
@@ -257,12 +259,8 @@ class Run:
         if c.knn_every: hooks.append(HeldOutKNN())
         return hooks
 
-    def hook(self, cls:type):
-        "The run's hook of class `cls` (None if it has none)."
-        return next((h for h in self.hooks if isinstance(h, cls)), None)
-
     def _event(self, event:str, *args):
-        for h in sorted(self.hooks, key=lambda h: hook_order(h, event)): getattr(h, event)(self, *args)
+        for h in self._on[event]: getattr(h, event)(self, *args)
 
     # -- setup -----------------------------------------------------------------------------------
     def _check_dir(self, resume, force):
@@ -549,13 +547,6 @@ class Run:
         self._event('after_fit', result)
         if self.writer: self.writer.close()
         return result
-
-    # -- kept for notebooks and scripts written against the earlier Run ------------------------------
-    @property
-    def best_val(self): h = self.hook(HeldOutKNN); return h.best_val if h else -1.0
-    @property
-    def confidence(self): h = self.hook(SearchMonitor); return h.confidence if h else None
-    def val_knn(self) -> float: return (self.hook(HeldOutKNN) or HeldOutKNN()).measure(self)
 
 # %% ../nbs/08_train.ipynb #c016
 def search(config:RunConfig|None=None, out:str|Path='runs/search', resume=False, force=False, callbacks=(), progress=True, data=None, hooks=(), **overrides) -> dict:
