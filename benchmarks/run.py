@@ -15,7 +15,8 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_BUDGET_MS = 1500  # one live refresh of every figure of a 6+4-layer search holding 500 alpha snapshots
 sys.path.insert(0, str(ROOT))
-from nasiam.data import ImageData, TwoViewAugment, torchvision_two_view_transform, MEAN_STD
+from nasiam.data import ImageData, MEAN_STD
+from nasiam.augment import TwoViewAugment, torchvision_two_view_transform
 from nasiam.backbones import build_backbone
 from nasiam.frameworks import FRAMEWORKS, SimSiam
 from nasiam.ops import SearchCell, set_fused
@@ -280,8 +281,9 @@ def bench_lightly(args, device, rows, res, tmp):
 # -- dashboard -------------------------------------------------------------------------------------------
 def bench_dashboard(args, device, rows, res, tmp):
     "Milliseconds of one live refresh of every figure (FigureWidgets updated in place) of a 6+4-layer search with 500 alpha snapshots."
-    from nasiam.dashboard import Dashboard, RunHistory, run_figures, write_demo_run, write_report
-    from nasiam.metrics import MetricsWriter, read_metrics
+    from nasiam.dashboard import Dashboard, write_report
+    from nasiam.figures import run_figures
+    from nasiam.records import MetricsWriter, RunHistory, read_metrics, write_demo_run
     run = Path(tmp) / 'dashboard'
     with MetricsWriter(run / 'metrics.jsonl') as w:  # 5 x 1000 steps, alphas every 10 steps: 500 snapshots per cell
         write_demo_run(w, epochs=5, steps_per_epoch=1000, cells={'projector': 6, 'predictor': 4}, alpha_every=10)
@@ -325,7 +327,8 @@ def make_jpeg_folder(root, n, seed=0, sizes=(96, 192)):
 def bench_loader(args, device, rows, res, tmp):
     "Images/s of one pass over a generated JPEG folder: the stream loader, torchvision's ImageFolder with per-image transforms (same workers, batch and prefetch), and tensor indexing in memory."
     import torchvision.datasets as tvd, torchvision.transforms as T
-    from nasiam.data import scan_imagefolder, ImageFileDataset, stream_loader, load_dataset, BatchStream
+    from nasiam.data import load_dataset
+    from nasiam.loaders import scan_imagefolder, ImageFileDataset, stream_loader, BatchStream
     n, batch, prefetch = (1000 if args.quick else 2000), 64, 4
     workers = args.loader_workers if args.loader_workers is not None else min(2, os.cpu_count() or 1)
     root = make_jpeg_folder(Path(tmp) / 'jpegs', n)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import BasicBlock
+from .checks import check_choice
 
 # %% ../nbs/02_backbones.ipynb #c005
 BACKBONES = ('resnet18', 'resnet34', 'resnet50', 'resnet_mini')
@@ -31,7 +32,7 @@ def _torchvision_resnet(name, cifar_stem):
     net.fc = nn.Identity()  # torchvision already flattens after the pool
     return net, feat_dim
 
-# %% ../nbs/02_backbones.ipynb #c007
+# %% ../nbs/02_backbones.ipynb #c008
 class MiniResNet(nn.Module):
     "A small ResNet: stem, three stages of one BasicBlock (widths 32, 64, 128), global pool."
     def __init__(self, cifar_stem:bool=True, widths=(32, 64, 128)):
@@ -52,13 +53,12 @@ class MiniResNet(nn.Module):
         self.feat_dim = cin
     def forward(self, x): return self.features(x)
 
-# %% ../nbs/02_backbones.ipynb #c008
+# %% ../nbs/02_backbones.ipynb #c010
 def build_backbone(name:str, # one of BACKBONES
                    image_size:int=32, # input size in pixels; chooses the stem when `cifar_stem` is None
                    cifar_stem:bool|None=None) -> Backbone:
     "A backbone by name, with the stem that suits `image_size`."
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; accepted: {', '.join(BACKBONES)}")
+    check_choice('backbone', name, BACKBONES)
     if cifar_stem is None: cifar_stem = image_size <= 64
     if name == 'resnet_mini':
         net = MiniResNet(cifar_stem); feat_dim = net.feat_dim

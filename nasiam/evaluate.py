@@ -32,6 +32,7 @@ class eval_mode:
     def __exit__(self, *exc):
         for m, training in self.modes: m.training = training
 
+# %% ../nbs/06_evaluate.ipynb #c007
 def extract_features(
     embed_fn:Callable, # maps a normalised float batch N x 3 x H x W to features N x D: a module, or a bound method of one (`model.embed`)
     images_uint8:torch.Tensor|Iterable, # N x 3 x H x W uint8 on any device, or batches of them (a loader's `(images, ...)` tuples: read from disk as they come)
@@ -58,7 +59,7 @@ def extract_features(
             out.append(embed_fn(x).flatten(1).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
-# %% ../nbs/06_evaluate.ipynb #c008
+# %% ../nbs/06_evaluate.ipynb #c010
 def topk_accuracy(
     scores:torch.Tensor, # N x C class scores
     labels:torch.Tensor, # N true labels
@@ -70,7 +71,7 @@ def topk_accuracy(
     hit = top == labels[:, None]
     return [hit[:, :min(k, scores.shape[1])].any(1).float().mean().item() * 100 for k in ks]
 
-# %% ../nbs/06_evaluate.ipynb #c010
+# %% ../nbs/06_evaluate.ipynb #c012
 def knn_classify(
     train_feats:torch.Tensor, # N x D bank features
     train_labels:torch.Tensor, # N bank labels
@@ -106,7 +107,7 @@ def knn_accuracy(
     top1, top5 = topk_accuracy(scores, test_labels, (1, 5))
     return dict(top1=top1, top5=top5)
 
-# %% ../nbs/06_evaluate.ipynb #c014
+# %% ../nbs/06_evaluate.ipynb #c016
 def linear_probe(
     train_feats:torch.Tensor, # N x D frozen training features
     train_labels:torch.Tensor, # N training labels

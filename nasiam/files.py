@@ -15,6 +15,7 @@ def fault_point(point:str):
     "Fault injection for the crash tests: SIGKILL this process at `point` when $NASIAM_FAULT names it."
     if os.environ.get('NASIAM_FAULT') == point: os.kill(os.getpid(), signal.SIGKILL)
 
+# %% ../nbs/06a_files.ipynb #c008
 def _write_atomically(path, write, mode:str):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')

@@ -8,9 +8,11 @@ __all__ = ['FRAMEWORKS', 'VARIANTS', 'STEMS', 'Head', 'head_cell', 'register_fra
 
 # %% ../nbs/04_frameworks.ipynb #c002
 import copy, dataclasses, inspect, math
+from fastcore.basics import patch
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .checks import check_choice
 from .ops import SearchCell, FixedCell, linear_bn_act, get_space
 from .genotype import Genotype, load_genotype, SEARCH_LAYERS
 from .backbones import Backbone, build_backbone
@@ -49,8 +51,7 @@ def register_framework(cls:type) -> type:
 
 def get_framework(name:str) -> type:
     "The framework class registered as `name`."
-    if name not in FRAMEWORKS: raise ValueError(f"unknown framework {name!r}; accepted: {', '.join(FRAMEWORKS)}")
-    return FRAMEWORKS[name]
+    return FRAMEWORKS[check_choice('framework', name, FRAMEWORKS)]
 
 # %% ../nbs/04_frameworks.ipynb #c008
 class SiameseModel(nn.Module):
@@ -60,6 +61,7 @@ class SiameseModel(nn.Module):
     mini_widths: dict = {}  # head widths with resnet_mini
     search_layers: tuple = (0, 0)  # searched (projector, predictor) layers
     recipe: Recipe = Recipe()
+    large_image_recipe: Recipe|None = None  # the recipe above 64 px (ImageNet-sized images), where it differs
     loss_floor: float|None = None  # a loss value only collapse reaches
     state_modules: tuple = ()  # submodules and buffers that forward(update_state=False) leaves alone
     head_names: tuple = ('projector',)  # constructor arguments that are heads, not options
@@ -83,65 +85,79 @@ class SiameseModel(nn.Module):
 
     @classmethod
     def recipe_for(cls, image_size:int) -> Recipe:
-        "The recipe at `image_size` (the same at every size unless a framework says otherwise)."
-        return cls.recipe
+        "The recipe at `image_size`: `large_image_recipe` above 64 px where the framework has one."
+        return cls.large_image_recipe if image_size > 64 and cls.large_image_recipe is not None else cls.recipe
 
     @classmethod
     def option_defaults(cls, image_size:int) -> dict:
         "Options whose default depends on the image size (filled into a run's config)."
         return {}
 
-    def weight_groups(self, config) -> list:
-        "The weight parameters in groups: dicts with 'params' and 'fixed' (a constant lr)."
-        return [dict(params=self.weight_parameters(), fixed=False)]
+# %% ../nbs/04_frameworks.ipynb #c009
+@patch
+def weight_groups(self:SiameseModel, fix_pred_lr:bool=False) -> list:
+    "The weight parameters in groups: dicts with 'params' and 'fixed' (a constant lr)."
+    return [dict(params=self.weight_parameters(), fixed=False)]
 
-    def weight_optimizer(self, config, device, total_steps:int, steps_per_epoch:int=1, fused:bool=True):
-        "The weight optimiser and lr schedule of this framework's recipe, at the config's lr and weight decay."
-        recipe = self.recipe_for(getattr(config, 'image_size', None) or 32)
-        return weight_optimizer(recipe, self.weight_groups(config), config.lr, config.weight_decay,
-                                config.batch_size, device, total_steps, steps_per_epoch, fused)
+@patch
+def weight_optimizer(self:SiameseModel, lr:float, weight_decay:float,
+                     batch_size:int, # images per step over all processes (SGD and LARS scale lr by batch/256)
+                     image_size:int, device, total_steps:int, steps_per_epoch:int=1,
+                     fused:bool=True, # the fused kernel where this torch has one
+                     fix_pred_lr:bool=True): # a predictor keeps a constant lr (SimSiam)
+    "The weight optimiser and lr schedule of this framework's recipe at `image_size`."
+    return weight_optimizer(self.recipe_for(image_size), self.weight_groups(fix_pred_lr), lr, weight_decay,
+                            batch_size, device, total_steps, steps_per_epoch, fused)
 
-    def arch_optimizer(self, config, device):
-        "The optimiser of the architecture weights (None without any)."
-        alphas = self.arch_parameters()
-        return arch_optimizer(self.recipe_for(getattr(config, 'image_size', None) or 32), alphas, config.arch_lr, config.arch_weight_decay, device) if alphas else None
+@patch
+def arch_optimizer(self:SiameseModel, lr:float, weight_decay:float, image_size:int, device):
+    "The optimiser of the architecture weights (None without any)."
+    alphas = self.arch_parameters()
+    return arch_optimizer(self.recipe_for(image_size), alphas, lr, weight_decay, device) if alphas else None
 
-    def schedule(self, step:int, total_steps:int):
-        "Update per-step state before weight step `step` of `total_steps` (nothing by default)."
+@patch
+def schedule(self:SiameseModel, step:int, total_steps:int):
+    "Update per-step state before weight step `step` of `total_steps` (nothing by default)."
 
-    # -- shared behaviour ------------------------------------------------------------------------
-    def embed(self, x):
-        "Backbone features (pooled, flattened), for evaluation."
-        return self.backbone(x)
+# %% ../nbs/04_frameworks.ipynb #c011
+@patch
+def embed(self:SiameseModel, x):
+    "Backbone features (pooled, flattened), for evaluation."
+    return self.backbone(x)
 
-    def features(self, x, backbone_grad:bool=True):
-        "Backbone features; without a graph through the backbone when `backbone_grad` is False."
-        if backbone_grad: return self.backbone(x)
-        with torch.no_grad(): return self.backbone(x)
+@patch
+def features(self:SiameseModel, x, backbone_grad:bool=True):
+    "Backbone features; without a graph through the backbone when `backbone_grad` is False."
+    if backbone_grad: return self.backbone(x)
+    with torch.no_grad(): return self.backbone(x)
 
-    def search_cells(self) -> dict:
-        "The search cells by head name ('projector', 'predictor')."
-        return {n: m.cell for n, m in self.named_children()
-                if isinstance(m, Head) and isinstance(m.cell, SearchCell) and m.cell.alphas is not None}
+@patch
+def search_cells(self:SiameseModel) -> dict:
+    "The search cells by head name ('projector', 'predictor')."
+    return {n: m.cell for n, m in self.named_children()
+            if isinstance(m, Head) and isinstance(m.cell, SearchCell) and m.cell.alphas is not None}
 
-    def arch_parameters(self) -> list:
-        "The architecture weights (empty unless the variant is 'search')."
-        return [c.alphas for c in self.search_cells().values()]
+@patch
+def arch_parameters(self:SiameseModel) -> list:
+    "The architecture weights (empty unless the variant is 'search')."
+    return [c.alphas for c in self.search_cells().values()]
 
-    def weight_parameters(self) -> list:
-        "The trainable network weights: every parameter that requires grad and is not an alpha."
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in arch]
+@patch
+def weight_parameters(self:SiameseModel) -> list:
+    "The trainable network weights: every parameter that requires grad and is not an alpha."
+    arch = {id(p) for p in self.arch_parameters()}
+    return [p for p in self.parameters() if p.requires_grad and id(p) not in arch]
 
-    def genotype(self, mode:str='sparse', source:str='') -> Genotype:
-        "The genotype derived from the current alphas."
-        cells = self.search_cells()
-        if not cells: raise ValueError("only a 'search' model has architecture weights to derive a genotype from")
-        p = cells['projector']
-        return Genotype.from_alphas(p.alphas, cells['predictor'].alphas if 'predictor' in cells else None,
-                                    mode, p.space.name, source)
+@patch
+def genotype(self:SiameseModel, mode:str='sparse', source:str='') -> Genotype:
+    "The genotype derived from the current alphas."
+    cells = self.search_cells()
+    if not cells: raise ValueError("only a 'search' model has architecture weights to derive a genotype from")
+    p = cells['projector']
+    return Genotype.from_alphas(p.alphas, cells['predictor'].alphas if 'predictor' in cells else None,
+                                mode, p.space.name, source)
 
-# %% ../nbs/04_frameworks.ipynb #c010
+# %% ../nbs/04_frameworks.ipynb #c014
 class MomentumEncoder(nn.Module):
     "A frozen copy of a backbone and projector, moved towards them by an exponential moving average."
     def __init__(self, backbone:nn.Module, projector:Head):
@@ -185,7 +201,7 @@ class KeyQueue(nn.Module):
 def _online_alphas(projector:Head):
     return projector.cell.alphas.detach() if isinstance(projector.cell, SearchCell) else None
 
-# %% ../nbs/04_frameworks.ipynb #c012
+# %% ../nbs/04_frameworks.ipynb #c016
 @register_framework
 class SimSiam(SiameseModel):
     "SimSiam: a projector, a predictor, the symmetric negative cosine with stop-gradient."
@@ -196,10 +212,7 @@ class SimSiam(SiameseModel):
     loss_floor = -1.0
     head_names = ('projector', 'predictor')
 
-    @classmethod
-    def recipe_for(cls, image_size):
-        "SPEC's ImageNet weight step above 64 px: base lr 0.05 (x batch/256), weight decay 1e-4; CIFAR's below."
-        return dataclasses.replace(cls.recipe, lr=0.05, weight_decay=1e-4) if image_size > 64 else cls.recipe
+    large_image_recipe = dataclasses.replace(recipe, lr=0.05, weight_decay=1e-4)  # ImageNet: base lr 0.05 (x batch/256), weight decay 1e-4
 
     def __init__(self, backbone, projector, predictor, stop_gradient:bool=True):
         super().__init__(backbone, projector)
@@ -220,8 +233,8 @@ class SimSiam(SiameseModel):
             pred = head_cell(variant, [proj_dim, pred_dim, pred_dim, pred_dim, proj_dim], g and g.predictor, space, 'predictor')
         return dict(projector=Head(proj, tail()), predictor=Head(pred))
 
-    def weight_groups(self, config):
-        if not getattr(config, 'fix_pred_lr', True): return super().weight_groups(config)
+    def weight_groups(self, fix_pred_lr=False):
+        if not fix_pred_lr: return super().weight_groups()
         pred = {id(p) for p in self.predictor.parameters()}
         groups = [dict(params=[p for p in self.weight_parameters() if id(p) not in pred], fixed=False)]
         if pred: groups.append(dict(params=[p for p in self.weight_parameters() if id(p) in pred], fixed=True))
@@ -234,7 +247,15 @@ class SimSiam(SiameseModel):
         loss = 0.5 * (negative_cosine_similarity(p1, t2) + negative_cosine_similarity(p2, t1))
         return dict(loss=loss, z1=z1.detach(), z2=z2.detach())
 
-# %% ../nbs/04_frameworks.ipynb #c014
+# %% ../nbs/04_frameworks.ipynb #c018
+def _rename_old_moco_keys(state, prefix, *args):
+    "Read checkpoints that named the key encoder key_backbone / key_projector and the queue buffers queue / queue_ptr."
+    for old, new in (('key_backbone.', 'key.backbone.'), ('key_projector.', 'key.projector.'),
+                     ('queue', 'queue.queue'), ('queue_ptr', 'queue.queue_ptr')):
+        for k in [k for k in state if k.startswith(prefix + old) and (old.endswith('.') or k == prefix + old)]:
+            state[prefix + new + k[len(prefix + old):]] = state.pop(k)
+
+# %% ../nbs/04_frameworks.ipynb #c020
 @register_framework
 class MoCo(SiameseModel):
     "MoCo v2: a query encoder, its momentum copy as key encoder, a queue of negative keys."
@@ -244,10 +265,7 @@ class MoCo(SiameseModel):
     recipe = Recipe('sgd', lr=0.06, weight_decay=5e-4, arch_lr=3e-4, arch_weight_decay=1e-3)
     state_modules = ('key', 'queue')
 
-    @classmethod
-    def recipe_for(cls, image_size):
-        "SPEC's ImageNet weight step above 64 px: base lr 0.05 (x batch/256), weight decay 1e-4; CIFAR's below."
-        return dataclasses.replace(cls.recipe, lr=0.05, weight_decay=1e-4) if image_size > 64 else cls.recipe
+    large_image_recipe = dataclasses.replace(recipe, lr=0.05, weight_decay=1e-4)  # ImageNet: base lr 0.05 (x batch/256), weight decay 1e-4
 
     def __init__(self, backbone, projector, out_dim:int=128, queue_size:int=4096, momentum:float=0.99,
                  temperature:float=0.1, symmetric:bool=True, key_bn_splits:int=8):
@@ -255,15 +273,7 @@ class MoCo(SiameseModel):
         self.momentum, self.temperature, self.symmetric, self.key_bn_splits = momentum, temperature, symmetric, key_bn_splits
         self.key = MomentumEncoder(backbone, projector)
         self.queue = KeyQueue(queue_size, out_dim)
-        self._register_load_state_dict_pre_hook(self._rename_old_keys)
-
-    @staticmethod
-    def _rename_old_keys(state, prefix, *args):
-        "Read checkpoints that named the key encoder key_backbone / key_projector and the queue buffers queue / queue_ptr."
-        for old, new in (('key_backbone.', 'key.backbone.'), ('key_projector.', 'key.projector.'),
-                         ('queue', 'queue.queue'), ('queue_ptr', 'queue.queue_ptr')):
-            for k in [k for k in state if k.startswith(prefix + old) and (old.endswith('.') or k == prefix + old)]:
-                state[prefix + new + k[len(prefix + old):]] = state.pop(k)
+        self._register_load_state_dict_pre_hook(_rename_old_moco_keys)
 
     @classmethod
     def heads(cls, feat, variant, genotype=None, space='published', out_dim=128):
@@ -301,7 +311,7 @@ class MoCo(SiameseModel):
         if update_state: self.queue.enqueue(keys)
         return dict(loss=loss, z1=q1.detach(), z2=q2.detach())
 
-# %% ../nbs/04_frameworks.ipynb #c016
+# %% ../nbs/04_frameworks.ipynb #c022
 @register_framework
 class SimCLR(SiameseModel):
     "SimCLR: one projector, NT-Xent over both views."
@@ -327,7 +337,7 @@ class SimCLR(SiameseModel):
         z1, z2 = self.projector(self.features(x1, backbone_grad)), self.projector(self.features(x2, backbone_grad))
         return dict(loss=self.criterion(z1, z2), z1=z1.detach(), z2=z2.detach())
 
-# %% ../nbs/04_frameworks.ipynb #c018
+# %% ../nbs/04_frameworks.ipynb #c024
 def normalized_mse(p:torch.Tensor, z:torch.Tensor) -> torch.Tensor:
     "BYOL's loss: 2 − 2·cos(p, z), averaged over the batch (`z` is a target: no gradient flows into it)."
     return 2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1).mean()
@@ -375,7 +385,7 @@ class BYOL(SiameseModel):
         loss = normalized_mse(p1, t2) + normalized_mse(p2, t1)
         return dict(loss=loss, z1=z1.detach(), z2=z2.detach())
 
-# %% ../nbs/04_frameworks.ipynb #c020
+# %% ../nbs/04_frameworks.ipynb #c026
 VARIANTS = ('search', 'genotype', 'standard')
 STEMS = {'auto': None, 'cifar': True, 'imagenet': False}  # -> build_backbone's cifar_stem
 
@@ -389,7 +399,7 @@ def build_model(framework:str, # a name in FRAMEWORKS
                 **hparams) -> SiameseModel: # head widths (proj_dim, pred_dim, hidden_dim, out_dim, ...) and framework options
     "Assemble a siamese framework with searched, derived or standard heads."
     cls = get_framework(framework)
-    if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r}; accepted: {', '.join(VARIANTS)}")
+    check_choice('variant', variant, VARIANTS)
     if variant == 'genotype':
         if genotype is None: raise ValueError("the 'genotype' variant needs a genotype (a Genotype, a preset name or a file)")
         if isinstance(genotype, str): genotype = load_genotype(genotype, framework)
@@ -398,12 +408,11 @@ def build_model(framework:str, # a name in FRAMEWORKS
             raise ValueError(f"the genotype has {len(genotype.predictor)} predictor layers but {framework} has no predictor")
     elif genotype is not None: raise ValueError(f"a genotype is only used by the 'genotype' variant, not {variant!r}")
     get_space(space)
-    if stem not in STEMS: raise ValueError(f"unknown stem {stem!r}; accepted: {', '.join(STEMS)}")
+    check_choice('stem', stem, STEMS)
     bb = backbone if isinstance(backbone, Backbone) else build_backbone(backbone, image_size, STEMS[stem])
     widths = cls.mini_widths if bb.name == 'resnet_mini' else cls.widths
     head_kw = {k: hparams.pop(k, v) for k, v in widths.items()}
     options = cls.options()
-    extra = set(hparams) - set(options)
-    if extra: raise ValueError(f"unknown option(s) {sorted(extra)} for {framework}; accepted: {', '.join(sorted(set(options) | set(widths)))}")
+    for name in sorted(set(hparams) - set(options)): check_choice(f"{framework} option", name, sorted(set(options) | set(widths)))
     hparams.update({k: v for k, v in head_kw.items() if k in options})  # a width the framework also needs (MoCo's queue holds out_dim projections)
     return cls(bb, **cls.heads(bb.feat_dim, variant, genotype, space, **head_kw), **hparams)

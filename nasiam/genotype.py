@@ -10,6 +10,7 @@ import ast
 import dataclasses, json
 from dataclasses import dataclass, field
 import torch
+from .checks import check_choice
 from .ops import PRIMITIVES, derive_ops, get_space
 from .metrics import decision_summary
 
@@ -26,12 +27,11 @@ def _layers(value, field_name, space) -> tuple:
         ops = (layer,) if isinstance(layer, str) else layer
         if not isinstance(ops, (list, tuple)) or not ops or not all(isinstance(o, str) for o in ops):
             raise ValueError(f"genotype {field_name} layer {i} must be an op name or a non-empty list of op names, got {layer!r:.80}")
-        for o in ops:
-            if o not in space.primitives:
-                raise ValueError(f"unknown op {o!r} in genotype {field_name} layer {i}; accepted: {', '.join(space.primitives)}")
+        for o in ops: check_choice(f"genotype {field_name} layer {i} op", o, space.primitives)
         out.append(tuple(ops))
     return tuple(out)
 
+# %% ../nbs/01_genotype.ipynb #c007
 _LAYER_KEYS = {'op': str, 'weight': float, 'margin': float, 'entropy': float, 'stable_epochs': int, 'decided': bool}
 
 def _check_confidence(conf, g):
@@ -46,6 +46,7 @@ def _check_confidence(conf, g):
                 isinstance(row[k], t) or (t is float and isinstance(row[k], int) and not isinstance(row[k], bool)) for k, t in _LAYER_KEYS.items())
             if bad: raise ValueError(f"genotype confidence for {cell} layer {i} must have exactly {', '.join(_LAYER_KEYS)}, got {row!r:.80}")
 
+# %% ../nbs/01_genotype.ipynb #c009
 @dataclass(frozen=True)
 class Genotype:
     "The ops kept per layer of the projector and the predictor cells."
@@ -71,7 +72,7 @@ class Genotype:
         f = lambda layers: ', '.join('+'.join(ops) for ops in layers)
         return f"projector: {f(self.projector)}" + (f" | predictor: {f(self.predictor)}" if self.predictor else '')
 
-# %% ../nbs/01_genotype.ipynb #c008
+# %% ../nbs/01_genotype.ipynb #c012
 def _to_json(self:Genotype, indent=None) -> str:
     "This genotype as JSON text."
     d = {'format': GENOTYPE_FORMAT, 'space': self.space, 'projector': [list(l) for l in self.projector],
@@ -86,10 +87,10 @@ def _from_json(cls, text:str) -> Genotype:
     if not isinstance(d, dict): raise ValueError(f"genotype JSON must be an object, got {type(d).__name__}")
     fmt = d.get('format', GENOTYPE_FORMAT)
     if fmt not in READABLE_FORMATS:
-        raise ValueError(f"genotype JSON has format {fmt!r:.60}; accepted: {', '.join(map(repr, READABLE_FORMATS))}")
+        raise ValueError(f"genotype JSON format {fmt!r:.60} is not accepted; choose one of: {', '.join(READABLE_FORMATS)}")
     keys = {'format', 'space', 'projector', 'predictor', 'source'} | ({'confidence'} if fmt == GENOTYPE_FORMAT else set())
     unknown = set(d) - keys
-    if unknown: raise ValueError(f"genotype JSON has unknown keys {sorted(unknown)}; accepted: {', '.join(sorted(keys))}")
+    if unknown: raise ValueError(f"genotype JSON keys {sorted(unknown)} are not accepted; the keys are: {', '.join(sorted(keys))}")
     if 'projector' not in d: raise ValueError("genotype JSON has no 'projector' list")
     space, source = d.get('space', 'published'), d.get('source', '')
     if not isinstance(space, str): raise ValueError(f"genotype JSON 'space' must be a string, got {space!r:.60}")
@@ -99,7 +100,7 @@ def _from_json(cls, text:str) -> Genotype:
 Genotype.to_json = _to_json
 Genotype.from_json = classmethod(_from_json)
 
-# %% ../nbs/01_genotype.ipynb #c011
+# %% ../nbs/01_genotype.ipynb #c017
 SEARCH_LAYERS = {}  # framework name -> (projector, predictor) searched layers; filled by frameworks.register_framework
 
 def _from_original(cls, text:str, framework:str|None=None, source:str='') -> Genotype:
@@ -112,8 +113,7 @@ def _from_original(cls, text:str, framework:str|None=None, source:str='') -> Gen
         raise ValueError(f"genotype text must be one call Genotype(encoder=[...], predictor=[...]), got {text.strip()[:80]!r}")
     fields = {}
     for kw in tree.keywords:
-        if kw.arg not in ('encoder', 'predictor'):
-            raise ValueError(f"genotype text has field {kw.arg!r}; accepted: encoder, predictor")
+        check_choice('genotype text field', kw.arg, ('encoder', 'predictor'))
         try: fields[kw.arg] = ast.literal_eval(kw.value)
         except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             raise ValueError(f"genotype field {kw.arg!r} is not a literal list of op-name lists") from None
@@ -124,7 +124,7 @@ def _from_original(cls, text:str, framework:str|None=None, source:str='') -> Gen
 
 Genotype.from_original = classmethod(_from_original)
 
-# %% ../nbs/01_genotype.ipynb #c014
+# %% ../nbs/01_genotype.ipynb #c021
 def _from_alphas(cls, projector:torch.Tensor, # (layers, ops) alphas of the projector cell
                  predictor:torch.Tensor|None=None, # alphas of the predictor cell, if any
                  mode:str='sparse', # 'sparse': argmax per layer; 'edge': the top two, summed
@@ -136,7 +136,7 @@ def _from_alphas(cls, projector:torch.Tensor, # (layers, ops) alphas of the proj
 
 Genotype.from_alphas = classmethod(_from_alphas)
 
-# %% ../nbs/01_genotype.ipynb #c017
+# %% ../nbs/01_genotype.ipynb #c024
 _PAPER = "NASiam (Heuillet, Tabia, Arioui, 2023), architectures published with the paper's code"
 _PRESETS = {
     'simsiam-cifar10-resnet18': (['linear_relu', 'linear_silu', 'linear_elu', 'identity', 'identity', 'linear_relu'],
@@ -153,21 +153,19 @@ _PRESETS = {
 
 def _preset(cls, name:str) -> Genotype:
     "The paper's discovered architecture called `name` (see `Genotype.presets()`)."
-    if name not in _PRESETS:
-        raise ValueError(f"unknown preset {name!r}; accepted: {', '.join(_PRESETS)}")
-    proj, pred = _PRESETS[name]
+    proj, pred = _PRESETS[check_choice('preset', name, _PRESETS)]
     return cls(proj, pred, source=f"preset {name}: {_PAPER}")
 
 Genotype.preset = classmethod(_preset)
 Genotype.presets = staticmethod(lambda: list(_PRESETS))
 
-# %% ../nbs/01_genotype.ipynb #c018b
+# %% ../nbs/01_genotype.ipynb #c027
 def _random(cls, seed:int, # seeds the draw: the same seed gives the same genotype
             framework:str='simsiam', # sets the layer counts (SEARCH_LAYERS)
             space:str='published', # the op table to draw from
            ) -> Genotype:
     "A genotype with each layer's op drawn uniformly from `space`, shaped like `framework`'s search heads."
-    if framework not in SEARCH_LAYERS: raise ValueError(f"unknown framework {framework!r}; accepted: {', '.join(SEARCH_LAYERS)}")
+    check_choice('framework', framework, SEARCH_LAYERS)
     prims = get_space(space).primitives
     g = torch.Generator().manual_seed(int(seed))
     draw = lambda n: [prims[i] for i in torch.randint(len(prims), (n,), generator=g).tolist()]
@@ -176,7 +174,7 @@ def _random(cls, seed:int, # seeds the draw: the same seed gives the same genoty
 
 Genotype.random = classmethod(_random)
 
-# %% ../nbs/01_genotype.ipynb #c020
+# %% ../nbs/01_genotype.ipynb #c030
 def load_genotype(spec:str, # a preset name, 'random:SEED', or the path of a JSON or original-format text file
                   framework:str|None=None) -> Genotype:
     "A genotype from a preset name, `random:SEED`, or a file (JSON, or the original's one-line text)."

@@ -36,7 +36,7 @@ def all_gather_with_grad(x:torch.Tensor) -> torch.Tensor:
     out[dist.get_rank()] = x
     return torch.cat(out)
 
-# %% ../nbs/03_losses.ipynb #c008
+# %% ../nbs/03_losses.ipynb #c009
 class NTXentLoss(nn.Module):
     "Normalised temperature-scaled cross entropy over 2N views (SimCLR, Chen et al. 2020)."
     def __init__(self, temperature:float=0.5, gather:bool=True):
@@ -58,7 +58,7 @@ class NTXentLoss(nn.Module):
         target = torch.cat([own + m, own])
         return F.cross_entropy(logits, target)
 
-# %% ../nbs/03_losses.ipynb #c011
+# %% ../nbs/03_losses.ipynb #c012
 def info_nce(q:torch.Tensor, # L2-normalised queries (N, d)
              k:torch.Tensor, # L2-normalised positive keys (N, d)
              queue:torch.Tensor, # L2-normalised negative keys (K, d)

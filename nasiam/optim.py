@@ -9,6 +9,7 @@ __all__ = ['OPTIMIZERS', 'SCHEDULES', 'make_optimizer', 'LARS', 'Recipe', 'lr_fa
 import math
 from dataclasses import dataclass
 import torch
+from .checks import check_choice
 
 # %% ../nbs/03a_optim.ipynb #c005
 def make_optimizer(cls, params, device:torch.device,
@@ -74,10 +75,11 @@ class Recipe:
     arch_weight_decay: float = 1e-3
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS: raise ValueError(f"unknown optimizer {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES: raise ValueError(f"unknown schedule {self.schedule!r}; accepted: {', '.join(SCHEDULES)}")
-        if self.arch_optimizer not in ('adamw', 'adam'): raise ValueError(f"unknown arch optimizer {self.arch_optimizer!r}; accepted: adamw, adam")
+        check_choice('optimizer', self.optimizer, OPTIMIZERS)
+        check_choice('schedule', self.schedule, SCHEDULES)
+        check_choice('arch optimizer', self.arch_optimizer, ('adamw', 'adam'))
 
+# %% ../nbs/03a_optim.ipynb #c013
 def lr_factor(schedule:str, total_steps:int, warmup_steps:int=0):
     "The multiplier of the base lr at step s: linear warm-up, then cosine to zero (or constant)."
     total = max(1, total_steps)
@@ -89,6 +91,7 @@ def lr_factor(schedule:str, total_steps:int, warmup_steps:int=0):
         return 0.5 * (1 + math.cos(math.pi * t))
     return factor
 
+# %% ../nbs/03a_optim.ipynb #c015
 def weight_optimizer(recipe:Recipe,
                      groups:list, # dicts with 'params' and 'fixed' (True: the lr stays constant)
                      lr:float, weight_decay:float, batch_size:int, device:torch.device,

@@ -7,9 +7,11 @@ __all__ = ['STRATEGIES', 'Strategy', 'register_strategy', 'get_strategy', 'DARTS
            'set_gumbel_tau', 'GDAS']
 
 # %% ../nbs/07d_strategies.ipynb #c002
+import inspect
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from .checks import check_choice, check_number
 from .ops import SearchCell, gumbel_one_hot
 
 # %% ../nbs/07d_strategies.ipynb #c005
@@ -17,16 +19,26 @@ class Strategy:
     "The gradient of the architecture weights; subclasses set `name` and implement `arch_grads`."
     name = ''
     fused_weight_optimizer = True  # False: ops can be left without a gradient in a step (the fused SGD kernel needs them all)
+    needs_weight_batch = False  # True: arch_grads needs the next weight step's batch (so one alpha step per weight step)
 
-    def __init__(self, config=None): self.config = config
+    @classmethod
+    def options(cls) -> dict:
+        "The strategy's options and their defaults, read from its constructor."
+        return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+                if n != 'self' and p.default is not inspect.Parameter.empty}
 
-    def before_epoch(self, run, epoch:int):
-        "Called before each epoch (0-based)."
+    def before_epoch(self, model:torch.nn.Module, epoch:int, epochs:int):
+        "Called before each epoch (0-based) of `epochs`."
 
-    def arch_grads(self, run, idx, weight_idx, alphas:list) -> tuple:
-        "(loss, gradients of `alphas`) for a batch of the architecture split; `weight_idx` is the next weight step's batch (None with one alpha step per epoch)."
+    def arch_grads(self, arch_batch, alphas:list, views, loss, grads,
+                   weight_batch=None, # the next weight step's batch (None with one alpha step per epoch)
+                   weights:dict|None=None, # name -> weight parameter
+                   buffers:dict|None=None, # name -> buffer
+                   weight_optimizer=None) -> tuple:
+        "(loss, gradients of `alphas`) for a batch of the architecture split."
         raise NotImplementedError
 
+# %% ../nbs/07d_strategies.ipynb #c006
 STRATEGIES = {}  # name -> strategy class
 
 def register_strategy(cls:type) -> type:
@@ -38,20 +50,19 @@ def register_strategy(cls:type) -> type:
 
 def get_strategy(name:str) -> type:
     "The strategy class registered as `name`."
-    if name not in STRATEGIES: raise ValueError(f"unknown strategy {name!r}; accepted: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+    return STRATEGIES[check_choice('strategy', name, STRATEGIES)]
 
-# %% ../nbs/07d_strategies.ipynb #c007
+# %% ../nbs/07d_strategies.ipynb #c008
 @register_strategy
 class DARTS1(Strategy):
     "First-order DARTS: ∇α L_val(w, α) at the current weights."
     name = 'darts1'
-    def arch_grads(self, run, idx, weight_idx, alphas):
-        v1, v2 = run.views(idx)
-        loss = run.arch_loss(v1, v2)
-        return loss, run.grads(loss, alphas)
+    def arch_grads(self, arch_batch, alphas, views, loss, grads, weight_batch=None, weights=None, buffers=None, weight_optimizer=None):
+        v1, v2 = views(arch_batch)
+        l = loss(v1, v2)
+        return l, grads(l, alphas)
 
-# %% ../nbs/07d_strategies.ipynb #c009
+# %% ../nbs/07d_strategies.ipynb #c012
 def darts2_grads(train_loss, # (params, backbone_grad) -> L_train on the weight batch, at weights `params`
                  val_loss, # params -> L_val on the architecture batch (penalty included), at weights `params`
                  weights:dict, # name -> weight tensor (the current w)
@@ -75,37 +86,41 @@ def darts2_grads(train_loss, # (params, backbone_grad) -> L_train on the weight 
     g_minus = grads(train_loss(minus, False), alphas)
     return loss, [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, g_plus, g_minus)]
 
+# %% ../nbs/07d_strategies.ipynb #c015
 @register_strategy
 class DARTS2(Strategy):
     "Second-order DARTS: the unrolled weight step, its Hessian-vector product by finite differences."
     name = 'darts2'
+    needs_weight_batch = True
 
-    def _virtual_step(self, run):
+    def __init__(self, xi:float|None=None): # the virtual step size (None: the weight optimiser's current lr)
+        self.xi = None if xi is None else check_number('darts2_xi', xi, low=0, low_open=True)
+
+    @staticmethod
+    def virtual_direction(weights:dict, weight_optimizer):
         "The weight optimiser's SGD direction per parameter: gradient + weight decay (+ momentum buffer)."
-        group_of = {id(p): g for g in run.w_opt.param_groups for p in g['params']}
-        by_name = dict(run.model.named_parameters())
+        group_of = {id(p): g for g in weight_optimizer.param_groups for p in g['params']}
         def direction(name, w, grad):
-            p = by_name[name]
+            p = weights[name]
             group = group_of.get(id(p), {})
             d = grad + group.get('weight_decay', 0.0) * w
-            buf = run.w_opt.state.get(p, {}).get('momentum_buffer')
+            buf = weight_optimizer.state.get(p, {}).get('momentum_buffer')
             if buf is not None: d = d + group.get('momentum', 0.0) * buf
             return d
         return direction
 
-    def arch_grads(self, run, idx, weight_idx, alphas):
-        model = run.model
+    def arch_grads(self, arch_batch, alphas, views, loss, grads, weight_batch=None, weights=None, buffers=None, weight_optimizer=None):
         arch = {id(a) for a in alphas}
-        weights = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in arch}
-        xi = self.config.darts2_xi if self.config is not None and self.config.darts2_xi is not None else run.w_opt.param_groups[0]['lr']
-        t1, t2 = run.views(weight_idx)
-        v1, v2 = run.views(idx)
-        fresh = lambda: {n: b.clone() for n, b in model.named_buffers()}  # the virtual forwards keep the real BatchNorm statistics
-        train_loss = lambda params, bb: run.arch_loss(t1, t2, params, fresh(), backbone_grad=bb, penalty=False)
-        val_loss = lambda params: run.arch_loss(v1, v2, params, fresh(), backbone_grad=True)
-        return darts2_grads(train_loss, val_loss, weights, alphas, xi, self._virtual_step(run), run.grads)
+        weights = {n: p for n, p in weights.items() if p.requires_grad and id(p) not in arch}
+        xi = self.xi if self.xi is not None else weight_optimizer.param_groups[0]['lr']
+        t1, t2 = views(weight_batch)
+        v1, v2 = views(arch_batch)
+        fresh = lambda: {n: b.clone() for n, b in buffers.items()}  # the virtual forwards keep the real BatchNorm statistics
+        train_loss = lambda params, bb: loss(t1, t2, params, fresh(), backbone_grad=bb, penalty=False)
+        val_loss = lambda params: loss(v1, v2, params, fresh(), backbone_grad=True)
+        return darts2_grads(train_loss, val_loss, weights, alphas, xi, self.virtual_direction(weights, weight_optimizer), grads)
 
-# %% ../nbs/07d_strategies.ipynb #c013
+# %% ../nbs/07d_strategies.ipynb #c019
 def gdas_tau(epoch:int, epochs:int, tau_max:float=10.0, tau_min:float=0.1) -> float:
     "The Gumbel-softmax temperature of an epoch (0-based): linear from tau_max to tau_min."
     return tau_max - (tau_max - tau_min) * epoch / max(1, epochs - 1)
@@ -120,6 +135,12 @@ class GDAS(DARTS1):
     "GDAS: one sampled op per layer (hard Gumbel-softmax, straight-through), annealed temperature."
     name = 'gdas'
     fused_weight_optimizer = False  # the ops not sampled in a step get no gradient; the plain SGD skips them, as GDAS's does
-    def before_epoch(self, run, epoch):
-        c = self.config
-        set_gumbel_tau(run.model, gdas_tau(epoch, c.epochs, c.gdas_tau_max, c.gdas_tau_min))
+
+    def __init__(self, tau_max:float=10.0, # the Gumbel-softmax temperature at the first epoch ...
+                 tau_min:float=0.1): # ... and at the last (linear in between)
+        check_number('gdas_tau_max', tau_max, low=0, low_open=True)
+        check_number('gdas_tau_min', tau_min, low=0, high=tau_max, low_open=True)
+        self.tau_max, self.tau_min = tau_max, tau_min
+
+    def before_epoch(self, model, epoch, epochs):
+        set_gumbel_tau(model, gdas_tau(epoch, epochs, self.tau_max, self.tau_min))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from nasiam.cli import main as nasiam_main
-from nasiam.dashboard import write_demo_run, write_report
-from nasiam.metrics import MetricsWriter, read_metrics
+from nasiam.dashboard import write_report
+from nasiam.records import MetricsWriter, read_metrics, write_demo_run
 from nasiam.train import search
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 the default SimSiam, same data (digits), backbone, batch, learning rate and budget, default CollapseDetector."""
 import pytest
 
-from nasiam.metrics import read_metrics
+from nasiam.records import read_metrics
 from nasiam.train import pretrain
 
 # the same budget for both runs; a measurement (and a detector update) at every step

@@ -3,9 +3,10 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-from nasiam.dashboard import (Dashboard, RunHistory, alpha_atlas, alpha_heatmap, alpha_margins, alpha_trajectories,
-                              decision_sentence, genotype_text, write_demo_run, write_report)
-from nasiam.metrics import DECISION_MARGIN, MetricsWriter, alpha_margin, read_metrics
+from nasiam.dashboard import Dashboard, write_report
+from nasiam.figures import alpha_atlas, alpha_heatmap, alpha_margins, alpha_trajectories, decision_sentence, genotype_text
+from nasiam.metrics import DECISION_MARGIN, alpha_margin
+from nasiam.records import MetricsWriter, RunHistory, read_metrics, write_demo_run
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
-from nasiam.data import (DATASETS, TwoViewAugment, load_dataset, torchvision_two_view_transform,
-                         torchvision_view_transform)
+from nasiam.data import DATASETS, load_dataset
+from nasiam.augment import TwoViewAugment, torchvision_two_view_transform, torchvision_view_transform
 
 
 def shared_subset() -> Path:

@@ -2,8 +2,9 @@
 import argparse, contextlib, csv, io, json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
-from nasiam.experiments import (add_subcommands, run_subcommand, run_notebook, notebook_parameters, executed_parameters,
-                                error_outputs, read_results)
+from nasiam.cli import add_subcommands, run_subcommand
+from nasiam.experiments import run_notebook, notebook_parameters, executed_parameters, error_outputs
+from nasiam.results import read_results
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / 'nbs' / 'experiments'
@@ -121,10 +122,10 @@ def test_list_parameters():
 
 
 @pytest.mark.parametrize('args, message', [
-    (['-p', 'epoch', '3'], "parameter 'epoch' is not in the parameters cell of search.ipynb; it has: framework,"),
-    (['-p', 'epochs', 'three'], "parameter 'epochs' takes an int (default 2), got 'three'"),
-    (['-p', 'live', 'maybe'], "parameter 'live' takes a bool (true or false) (default False), got 'maybe'"),
-    (['-p', 'out', 'elsewhere'], "parameter 'out' is the run directory; give it with --out"),
+    (['-p', 'epoch', '3'], "search.ipynb parameter 'epoch' is not accepted; choose one of: framework,"),
+    (['-p', 'epochs', 'three'], "epochs 'three' is not accepted; it takes an int (default 2)"),
+    (['-p', 'live', 'maybe'], "live 'maybe' is not accepted; it takes a bool (true or false) (default False)"),
+    (['-p', 'out', 'elsewhere'], "parameter 'out' is not accepted; the run directory is given with --out"),
 ])
 def test_bad_parameters_exit_2_and_run_nothing(args, message, tmp_path):
     code, out, err = cli('run', EXPERIMENTS / 'search.ipynb', *args, '--out', tmp_path / 'r')
@@ -136,7 +137,7 @@ def test_bad_parameters_exit_2_and_run_nothing(args, message, tmp_path):
 def test_bad_parameters_file(tmp_path):
     (tmp_path / 'p.yaml').write_text('epochs: 1.5\n')
     code, out, err = cli('run', EXPERIMENTS / 'search.ipynb', '-f', tmp_path / 'p.yaml', '--out', tmp_path / 'r')
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "parameter 'epochs' takes an int" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "epochs 1.5 is not accepted; it takes an int" in err, err
     assert not (tmp_path / 'r').exists()
 
 
@@ -211,5 +212,5 @@ def test_sweep_records_a_failed_point_and_goes_on(tiny_images, tmp_path):
 def test_sweep_checks_the_whole_grid_first(tmp_path):
     (tmp_path / 'grid.yaml').write_text("framework: [simsiam]\nseed: [0, one]\n")
     code, out, err = cli('sweep', EXPERIMENTS / 'search.ipynb', '--grid', tmp_path / 'grid.yaml', '--out', tmp_path / 's')
-    assert code == 2 and "parameter 'seed' takes an int (default 0), got 'one'" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "seed 'one' is not accepted; it takes an int (default 0)" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / 's').exists()

@@ -1,8 +1,8 @@
 import json, math
 import pytest, torch
-from nasiam.metrics import (CollapseDetector, MetricsFormatError, MetricsTail, MetricsWriter, alignment,
-                            collapse_metrics, effective_rank, feature_std, read_metrics, std_reference,
-                            truncate_after, uniformity)
+from nasiam.metrics import (CollapseDetector, alignment, collapse_metrics, effective_rank, feature_std, std_reference,
+                            uniformity)
+from nasiam.records import MetricsFormatError, MetricsTail, MetricsWriter, read_metrics, truncate_after
 
 
 def test_collapsed_vs_healthy_batch():

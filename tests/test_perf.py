@@ -80,7 +80,7 @@ def test_arch_step_moves_only_alphas(framework, tmp_path):
     alphas = [a.detach().clone() for a in m.arch_parameters()]
     state = {name: {n: t.detach().clone() for n, t in getattr(m, name).named_parameters()} | dict(_queues(getattr(m, name)))
              for name in m.state_modules}
-    run.arch_step(next(iter(run.arch_stream.epoch_batches())))
+    run.arch_step(next(iter(run.data.arch_stream.epoch_batches())))
     after = dict(m.named_parameters())
     for n, p in before.items(): assert torch.equal(p, after[n]), n  # includes the key encoder / target network
     assert all(not torch.equal(a, b) for a, b in zip(alphas, m.arch_parameters()))
@@ -89,7 +89,7 @@ def test_arch_step_moves_only_alphas(framework, tmp_path):
         now = {n: t for n, t in getattr(m, name).named_parameters()} | dict(_queues(getattr(m, name)))
         for n, t in tensors.items(): assert torch.equal(t, now[n]), f"{name}.{n}"
     if m.state_modules:  # ... while a weight step does move them (the check can fail)
-        run.weight_step(next(iter(run.weight_stream.epoch_batches())))
+        run.weight_step(next(iter(run.data.weight_stream.epoch_batches())))
         for name, tensors in state.items():
             now = {n: t for n, t in getattr(m, name).named_parameters()} | dict(_queues(getattr(m, name)))
             assert any(not torch.equal(t, now[n]) for n, t in tensors.items()), name

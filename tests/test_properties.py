@@ -2,7 +2,7 @@
 import json
 from hypothesis import given, settings, strategies as st, HealthCheck
 from nasiam.genotype import Genotype
-from nasiam.metrics import read_metrics, MetricsFormatError
+from nasiam.records import read_metrics, MetricsFormatError
 from nasiam.ops import PRIMITIVES
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -4,7 +4,8 @@ import torch
 from pathlib import Path
 import pytest
 from conftest import cli
-from nasiam.experiments import read_results, sweep_status
+from nasiam.results import read_results
+from nasiam.sweeps import sweep_status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +124,7 @@ def test_sweep_refusals(tmp_path, monkeypatch):
         (('--executor', 'slurm'), "--executor slurm needs SLURM's sbatch and srun on PATH and they were not found"),
         (('--slurm-partition', 'gpu'), '--slurm-partition applies to --executor slurm or submitit-local, not to the local executor'),
         (('--executor', 'submitit-local', '--slurm-extra', '=1'), "--slurm-extra '=1' is not NAME=VALUE"),
-        (('--executor', 'submitit-local', '--slurm-time', '0'), "argument --slurm-time: '0' must be a positive integer"),
+        (('--executor', 'submitit-local', '--slurm-time', '0'), "argument --slurm-time: value 0 is not accepted; it must be an integer of at least 1"),
         (('--executor', 'cloud'), "argument --executor: invalid choice: 'cloud'"),
     ]:
         code, stdout, err = cli('sweep', nb, '--grid', g, '--out', out, *args)
@@ -205,7 +206,7 @@ def collect(loader, n=None):
 
 def test_stream_loader_order_crops_and_resume(jpeg_folder):
     "Two worker processes, random crops: the order is BatchStream's, the crops repeat for a seed, and a loader rebuilt from a mid-epoch state goes on with the same batches."
-    from nasiam.data import scan_imagefolder, ImageFileDataset, stream_loader, BatchStream
+    from nasiam.loaders import scan_imagefolder, ImageFileDataset, stream_loader, BatchStream
     files = scan_imagefolder(jpeg_folder, progress=False)
     ds = ImageFileDataset(files.train_files, files.train_labels, 16, crop='random', seed=5)
     make = lambda **kw: stream_loader(ds, 5, seed=7, num_workers=2, **kw)
@@ -236,7 +237,7 @@ def test_stream_loader_order_crops_and_resume(jpeg_folder):
 
 def test_stream_loader_shards_and_splits(jpeg_folder):
     "Ranks take disjoint shards; `indices` restricts a loader to a split."
-    from nasiam.data import scan_imagefolder, ImageFileDataset, stream_loader
+    from nasiam.loaders import scan_imagefolder, ImageFileDataset, stream_loader
     files = scan_imagefolder(jpeg_folder, progress=False)
     ds = ImageFileDataset(files.train_files, files.train_labels, 8)
     shards = [torch.cat([b[2] for b in collect(stream_loader(ds, 4, rank=r, world_size=2, num_workers=1))]) for r in (0, 1)]
@@ -248,7 +249,8 @@ def test_stream_loader_shards_and_splits(jpeg_folder):
 
 def test_stream_images_match_the_memory_path(jpeg_folder):
     "The centred squares the stream loader decodes are the images load_dataset holds in memory (up to resize rounding), with the same labels."
-    from nasiam.data import scan_imagefolder, ImageFileDataset, load_dataset
+    from nasiam.data import load_dataset
+    from nasiam.loaders import scan_imagefolder, ImageFileDataset
     files, mem = scan_imagefolder(jpeg_folder, progress=False), load_dataset('imagefolder', jpeg_folder, image_size=16)
     assert files.classes == mem.classes and torch.equal(files.train_labels, mem.train_labels) and torch.equal(files.test_labels, mem.test_labels)
     for names, labels, images in ((files.train_files, files.train_labels, mem.train_images), (files.test_files, files.test_labels, mem.test_images)):
@@ -259,7 +261,8 @@ def test_stream_images_match_the_memory_path(jpeg_folder):
 
 
 def test_scan_shows_progress_and_refuses_like_load_dataset(jpeg_folder, tmp_path, capsys):
-    from nasiam.data import scan_imagefolder, load_dataset
+    from nasiam.data import load_dataset
+    from nasiam.loaders import scan_imagefolder
     files = scan_imagefolder(jpeg_folder, delay=0)
     assert len(files.train_files) == 36 and len(files.test_files) == 6 and files.num_classes == 3
     err = capsys.readouterr().err
@@ -272,7 +275,7 @@ def test_scan_shows_progress_and_refuses_like_load_dataset(jpeg_folder, tmp_path
 
 
 def test_choose_loader():
-    from nasiam.data import choose_loader, decoded_bytes, memory_total
+    from nasiam.loaders import choose_loader, decoded_bytes, memory_total
     assert decoded_bytes(1000, 224) == 150_528_000 and memory_total() > 2**28
     choice, why = choose_loader('auto', 1000, 224, budget_bytes=100_000_000)
     assert choice == 'stream' and why == 'auto chose stream: 1000 images of 224x224 px take 143.6 MiB decoded, over the budget of 95.4 MiB.'
@@ -280,7 +283,7 @@ def test_choose_loader():
     assert choice == 'memory' and why.startswith('auto chose memory: 1000 images of 32x32 px take 2.9 MiB decoded, within the budget of') and '25% of' in why
     assert choose_loader('auto', 1000, 224, share=1e-6)[0] == 'stream'
     assert choose_loader('stream', 10, 32) == ('stream', 'the stream loader was asked for (10 images of 32x32 px take 30.0 KiB decoded).')
-    with pytest.raises(ValueError, match="loader 'disk' is not known; choose memory, stream, dali or auto"): choose_loader('disk', 10, 32)
+    with pytest.raises(ValueError, match="loader 'disk' is not accepted; choose one of: memory, stream, dali, auto"): choose_loader('disk', 10, 32)
 
 
 # -- the run with a streamed folder -------------------------------------------------------------------------------------
@@ -325,7 +328,7 @@ def test_stream_run_stays_under_the_memory_budget(tmp_path):
     """A folder whose decoded images (2,007 at 128 px: 94 MiB) exceed a 0.06 GB budget: auto streams it, and a 1-epoch search with the held-out kNN
     peaks under the budget plus the peak of the same command on a small folder (456 images, streamed), which is the fixed overhead:
     the interpreter, torch, the model, the steps and the report, the loader workers and their prefetched batches at the same batch size."""
-    from nasiam.data import decoded_bytes
+    from nasiam.loaders import decoded_bytes
     budget_gb = 0.06
     big, small = make_jpegs(tmp_path / 'big', 667, 2), make_jpegs(tmp_path / 'small', 150, 2)
     assert decoded_bytes(3 * 669, 128) > budget_gb * 1e9 * 1.5  # the memory path would have to hold more than the budget
@@ -404,7 +407,7 @@ def test_stream_and_memory_feed_the_loop_the_same_images(jpeg_folder, tmp_path, 
     """Up to 64 px the two loaders give the loop the same batches in the same order: the same indices and labels, images equal up to
     the resize's rounding (torchvision decodes and resizes in the workers, PIL in memory), so the same augmented views; the held-out
     images too. Above 64 px the workers cut two crops and the device augmentation skips its own."""
-    mem, streamed = _run(tmp_path, jpeg_folder, 'memory', loader='memory', image_size=16), _run(tmp_path, jpeg_folder, 'stream', loader='stream', image_size=16)
+    mem, streamed = (_run(tmp_path, jpeg_folder, name, loader=name, image_size=16).data for name in ('memory', 'stream'))
     assert (mem.loader, streamed.loader) == ('memory', 'stream') and 'loader: the stream loader was asked for' in capsys.readouterr().out
     assert streamed.images is None and not hasattr(streamed.data, 'train_images')  # nothing decoded up front
     for name in ('fit_idx', 'val_idx', 'weight_idx', 'arch_idx'): assert torch.equal(getattr(mem, name), getattr(streamed, name)), name
@@ -421,12 +424,13 @@ def test_stream_and_memory_feed_the_loop_the_same_images(jpeg_folder, tmp_path, 
     held = torch.cat([b[0] for b in streamed.eval_images(streamed.val_idx)])
     assert (held.float() - mem.eval_images(mem.val_idx).float()).abs().mean() < 4
 
-    big = _run(tmp_path, jpeg_folder, 'stream72', loader='stream', image_size=72, framework='moco', options={'queue_size': 64})
+    big_run = _run(tmp_path, jpeg_folder, 'stream72', loader='stream', image_size=72, framework='moco', options={'queue_size': 64})
+    big = big_run.data
     images, labels, indices = next(iter(big.weight_stream.epoch_batches()))
     assert images.shape == (4, 2, 3, 72, 72) and images.dtype == torch.uint8  # two crops per image, from the workers
     v1, v2 = big.views((images, labels, indices))
     assert v1.shape == v2.shape == (4, 3, 72, 72) and v1.dtype == torch.float32
-    assert (big.c.lr, big.c.weight_decay, big.c.options['momentum'], big.c.options['queue_size']) == (0.05, 1e-4, 0.999, 64)
+    assert (big_run.c.lr, big_run.c.weight_decay, big_run.c.options['momentum'], big_run.c.options['queue_size']) == (0.05, 1e-4, 0.999, 64)
     held = next(iter(big.eval_images(big.val_idx)))[0]
     assert held.shape[1:] == (3, 72, 72)  # ImageNet's centre crop, 224/256 of the shorter side
 
@@ -453,10 +457,10 @@ def test_evaluate_a_streamed_run(jpeg_folder, tmp_path):
 
 def test_loader_refusals(jpeg_folder, tmp_path):
     "Loaders that cannot serve: one line, exit 2, nothing written."
-    from nasiam.data import dali_available
+    from nasiam.loaders import dali_available
     out = tmp_path / 'run'
     cases = [(('--dataset', 'digits', '--loader', 'stream'), "loader 'stream' reads image folders only, and dataset 'digits' is held in memory"),
-             (('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--memory-budget-gb', '0'), 'memory_budget_gb must be a positive number of GB, got 0.0'),
+             (('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--memory-budget-gb', '0'), 'memory_budget_gb 0.0 is not accepted; it must be a finite number above 0'),
              (('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--loader-workers', '-1'), 'loader_workers must be a non-negative integer, got -1'),
              (('--dataset', 'digits', '--loader', 'disk'), "argument --loader: invalid choice: 'disk'")]
     if not dali_available():
@@ -471,7 +475,7 @@ def test_loader_refusals(jpeg_folder, tmp_path):
 
 def test_dali_loader(jpeg_folder, tmp_path):
     "--loader dali where DALI and CUDA are: the order is BatchStream's, two crops a photo at 72 px, a resumable state, and a search through it."
-    from nasiam.data import dali_available, DaliLoader, scan_imagefolder, BatchStream
+    from nasiam.loaders import dali_available, DaliLoader, scan_imagefolder, BatchStream
     if not dali_available(): pytest.skip('NVIDIA DALI is not installed (pip install nasiam[dali])')
     if not torch.cuda.is_available(): pytest.skip('DALI decodes on a CUDA device and there is none here')
     files = scan_imagefolder(jpeg_folder, progress=False)
