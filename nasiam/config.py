@@ -6,7 +6,7 @@
 __all__ = ['CHOICES', 'POSITIVE_INTS', 'COUNTS', 'NUMBERS', 'RunConfig', 'strategy_options', 'validate']
 
 # %% ../nbs/07f_config.ipynb #c002
-import dataclasses, math
+import dataclasses
 from fastcore.basics import patch
 from dataclasses import dataclass, field
 import torch

@@ -17,7 +17,7 @@ from .ops import SearchCell, FixedCell, linear_bn_act, get_space
 from .genotype import Genotype, load_genotype, SEARCH_LAYERS
 from .backbones import Backbone, build_backbone
 from .losses import negative_cosine_similarity, info_nce, NTXentLoss, all_gather
-from .optim import Recipe, weight_optimizer, arch_optimizer
+from .optim import Recipe, weight_optimizer as recipe_weight_optimizer, arch_optimizer as recipe_arch_optimizer
 
 # %% ../nbs/04_frameworks.ipynb #c005
 class Head(nn.Module):
@@ -106,14 +106,14 @@ def weight_optimizer(self:SiameseModel, lr:float, weight_decay:float,
                      fused:bool=True, # the fused kernel where this torch has one
                      fix_pred_lr:bool=True): # a predictor keeps a constant lr (SimSiam)
     "The weight optimiser and lr schedule of this framework's recipe at `image_size`."
-    return weight_optimizer(self.recipe_for(image_size), self.weight_groups(fix_pred_lr), lr, weight_decay,
+    return recipe_weight_optimizer(self.recipe_for(image_size), self.weight_groups(fix_pred_lr), lr, weight_decay,
                             batch_size, device, total_steps, steps_per_epoch, fused)
 
 @patch
 def arch_optimizer(self:SiameseModel, lr:float, weight_decay:float, image_size:int, device):
     "The optimiser of the architecture weights (None without any)."
     alphas = self.arch_parameters()
-    return arch_optimizer(self.recipe_for(image_size), alphas, lr, weight_decay, device) if alphas else None
+    return recipe_arch_optimizer(self.recipe_for(image_size), alphas, lr, weight_decay, device) if alphas else None
 
 @patch
 def schedule(self:SiameseModel, step:int, total_steps:int):

@@ -9,10 +9,8 @@ __all__ = ['STRATEGIES', 'Strategy', 'register_strategy', 'get_strategy', 'DARTS
 # %% ../nbs/07d_strategies.ipynb #c002
 import inspect
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 from .checks import check_choice, check_number
-from .ops import SearchCell, gumbel_one_hot
+from .ops import SearchCell
 
 # %% ../nbs/07d_strategies.ipynb #c005
 class Strategy:
