@@ -461,7 +461,7 @@ def test_loader_refusals(jpeg_folder, tmp_path):
     out = tmp_path / 'run'
     cases = [(('--dataset', 'digits', '--loader', 'stream'), "loader 'stream' reads image folders only, and dataset 'digits' is held in memory"),
              (('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--memory-budget-gb', '0'), 'memory_budget_gb 0.0 is not accepted; it must be a finite number above 0'),
-             (('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--loader-workers', '-1'), 'loader_workers must be a non-negative integer, got -1'),
+             (('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--loader-workers', '-1'), 'loader_workers -1 is not accepted; it must be an integer of at least 0'),
              (('--dataset', 'digits', '--loader', 'disk'), "argument --loader: invalid choice: 'disk'")]
     if not dali_available():
         cases.append((('--dataset', 'imagefolder', '--data-dir', jpeg_folder, '--loader', 'dali'), 'pip install nasiam[dali]'))
