@@ -102,7 +102,7 @@ class _PILSet(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i].permute(1, 2, 0).numpy()))
 
 def kornia_two_views(batch:int):
-    "The SPEC CIFAR recipe in kornia.augmentation (ColorJitter: torchvision's formulas, unlike ColorJiggle)."
+    "SimSiam's CIFAR augmentation recipe (Chen & He 2021) in kornia.augmentation (ColorJitter: torchvision's formulas, unlike ColorJiggle)."
     import kornia.augmentation as K
     aug = nn.Sequential(K.RandomResizedCrop((32, 32), scale=(0.2, 1.0)),
                         K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
