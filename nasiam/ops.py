@@ -21,7 +21,7 @@ PRIMITIVES = ('maxpool_3x3', 'avgpool_3x3', 'identity',
               'linear_relu', 'linear_silu', 'linear_hardswish', 'linear_elu')
 NON_PARAMETRIC = ('maxpool_3x3', 'avgpool_3x3', 'identity')  # the ops the optional alpha L1 penalty targets
 
-# %% ../nbs/00_ops.ipynb #c006
+# %% ../nbs/00_ops.ipynb #c007
 class FeaturePool(nn.Module):
     "1-D pooling along the feature axis of a (batch, features) tensor: window 3, stride 1, padding 1."
     def __init__(self,
@@ -31,7 +31,7 @@ class FeaturePool(nn.Module):
         self.pool = (nn.MaxPool1d if kind == 'max' else nn.AvgPool1d)(3, stride=1, padding=1)
     def forward(self, x): return self.pool(x.unsqueeze(1)).squeeze(1)
 
-# %% ../nbs/00_ops.ipynb #c010
+# %% ../nbs/00_ops.ipynb #c011
 def linear_bn_act(in_dim:int, out_dim:int, act:nn.Module|None) -> nn.Sequential:
     "Linear (no bias) → BatchNorm1d → activation (none if `act` is None)."
     layers = [nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim)]
@@ -49,7 +49,7 @@ def _published_pool(kind):
 def _published_linear(act):
     return lambda i, o: nn.Linear(i, o) if i < o else linear_bn_act(i, o, act())
 
-# %% ../nbs/00_ops.ipynb #c013
+# %% ../nbs/00_ops.ipynb #c014
 def _dedup_adapt(in_dim, out_dim, op):
     if in_dim > out_dim: return nn.Sequential(linear_bn_act(in_dim, out_dim, None), op)
     if in_dim < out_dim: return nn.Sequential(nn.Linear(in_dim, out_dim), op)
@@ -61,7 +61,7 @@ def _dedup_pool(kind):
 def _dedup_linear(act):
     return lambda i, o: nn.Sequential(nn.Linear(i, o), act()) if i < o else linear_bn_act(i, o, act())
 
-# %% ../nbs/00_ops.ipynb #c015
+# %% ../nbs/00_ops.ipynb #c016
 OpFactory = Callable[[int, int], nn.Module]
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class SearchSpace:
         check_choice(f"{self.name} op", op, self.ops)
         return self.ops[op](in_dim, out_dim)
 
-# %% ../nbs/00_ops.ipynb #c017
+# %% ../nbs/00_ops.ipynb #c018
 PUBLISHED = SearchSpace('published', {
     'maxpool_3x3': _published_pool('max'),
     'avgpool_3x3': _published_pool('avg'),
@@ -101,7 +101,7 @@ DEDUP = SearchSpace('dedup', {
     'linear_elu': _dedup_linear(nn.ELU),
 })
 
-# %% ../nbs/00_ops.ipynb #c020
+# %% ../nbs/00_ops.ipynb #c021
 SPACES = {s.name: s for s in (PUBLISHED, DEDUP)}
 
 def register_space(space:SearchSpace) -> SearchSpace:
@@ -116,7 +116,7 @@ def get_space(space:str|SearchSpace='published') -> SearchSpace:
     if isinstance(space, SearchSpace): return space
     return SPACES[check_choice('search space', space, SPACES)]
 
-# %% ../nbs/00_ops.ipynb #c027
+# %% ../nbs/00_ops.ipynb #c028
 def linear_parts(op:nn.Module) -> tuple|None:
     "`(linear, batchnorm or None, rest)` when `op` begins with a Linear map (optionally → BatchNorm1d), else None."
     if isinstance(op, nn.Linear): return op, None, []
@@ -129,7 +129,7 @@ def linear_parts(op:nn.Module) -> tuple|None:
     if rest and isinstance(rest[0], nn.BatchNorm1d): return head, rest[0], rest[1:]
     return head, None, rest
 
-# %% ../nbs/00_ops.ipynb #c029
+# %% ../nbs/00_ops.ipynb #c030
 def _bn_key(bn):
     if bn is None: return None
     if not (bn.affine and bn.track_running_stats) or bn.momentum is None: return 'unfusable'
@@ -146,7 +146,7 @@ def fusable_groups(ops:Sequence[nn.Module]) -> list:
         if key[-1] != 'unfusable': groups.setdefault(key, []).append(k)
     return [g for g in groups.values() if len(g) > 1]
 
-# %% ../nbs/00_ops.ipynb #c031
+# %% ../nbs/00_ops.ipynb #c032
 def fused_linear_bn(x:torch.Tensor, parts:Sequence[tuple]) -> list:
     "Apply several `(linear, batchnorm or None, rest)` ops of one kind to `x` with one matmul and one BatchNorm call."
     lins, bns = [p[0] for p in parts], [p[1] for p in parts]
@@ -169,7 +169,7 @@ def fused_linear_bn(x:torch.Tensor, parts:Sequence[tuple]) -> list:
         outs.append(chunk)
     return outs
 
-# %% ../nbs/00_ops.ipynb #c034
+# %% ../nbs/00_ops.ipynb #c035
 class MixedLayer(nn.Module):
     "One searched edge: every candidate op, mixed by a weight vector."
     def __init__(self, in_dim:int, out_dim:int, space:str|SearchSpace='published',
@@ -198,7 +198,7 @@ def set_fused(module:nn.Module, fused:bool|None=True) -> nn.Module:
         if isinstance(m, MixedLayer): m.fused = fused
     return module
 
-# %% ../nbs/00_ops.ipynb #c040
+# %% ../nbs/00_ops.ipynb #c041
 def derive_ops(alphas:torch.Tensor, # (layers, ops) architecture weights
                primitives:Sequence[str]=PRIMITIVES,
                mode:str='sparse') -> list:
@@ -209,7 +209,7 @@ def derive_ops(alphas:torch.Tensor, # (layers, ops) architecture weights
     order = torch.sort(w, dim=-1, descending=True, stable=True).indices[:, :k]
     return [[primitives[int(j)] for j in row] for row in order]
 
-# %% ../nbs/00_ops.ipynb #c042
+# %% ../nbs/00_ops.ipynb #c043
 def _check_dims(dims):
     if len(dims) < 2 or any(int(d) < 1 for d in dims):
         raise ValueError(f"a cell needs at least two positive widths (input, output), got {list(dims)}")
@@ -224,7 +224,7 @@ def gumbel_one_hot(alphas:torch.Tensor, # (layers, ops) architecture weights
     hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
     return hard - soft.detach() + soft, index
 
-# %% ../nbs/00_ops.ipynb #c045
+# %% ../nbs/00_ops.ipynb #c046
 class SearchCell(nn.Module):
     "A chain of mixed layers with its architecture weights `alphas` (layers x ops, zeros at init)."
     def __init__(self,
@@ -260,7 +260,7 @@ class SearchCell(nn.Module):
         "Per layer, the op of largest weight ('sparse') or the two largest ('edge')."
         return derive_ops(self.alphas, self.primitives, mode)
 
-# %% ../nbs/00_ops.ipynb #c048
+# %% ../nbs/00_ops.ipynb #c049
 class FixedLayer(nn.Module):
     "One derived edge: the sum of its chosen ops (one op for a 'sparse' genotype, two for 'edge')."
     def __init__(self, in_dim:int, out_dim:int, ops:Sequence[str], space:str|SearchSpace='published'):

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['RESUME_KEYS', 'RUN_FILES', 'resolve_device', 'resolve_precision', 'seed_everything', 'load_checkpoint',
-           'check_run_dir', 'claim_run_dir', 'Run', 'search', 'pretrain', 'model_from_checkpoint', 'evaluate_model',
-           'evaluate_run']
+           'check_run_dir', 'claim_run_dir', 'Run', 'run_config', 'search', 'pretrain', 'model_from_checkpoint',
+           'evaluate_model', 'evaluate_run']
 
 # %% ../nbs/08_train.ipynb #c002
 import json, os, random, time, warnings
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig, validate, strategy_options
 from .frameworks import build_model, SiameseModel
 from .strategies import get_strategy
-from .hooks import (EVENTS, StopRun, NonFiniteLoss, StepEnd, EpochEnd, handles, hook_states, load_hook_states,
+from .hooks import (EVENTS, StopRun, NonFiniteLoss, NonFiniteSteps, StepEnd, EpochEnd, handles, hook_states, load_hook_states,
                           CollapseMonitor, SearchMonitor, HeldOutKNN, TensorBoard)
 from .ops import NON_PARAMETRIC
 from .data import load_dataset
@@ -168,6 +168,7 @@ def _build(self:Run):
     self.w_opt, self.w_sched = self.model.weight_optimizer(c.lr, c.weight_decay, c.batch_size, c.image_size, self.device,
                                                            self.total_steps, self.steps_per_epoch, fused, c.fix_pred_lr)
     self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+    self.nonfinite = NonFiniteSteps(c.on_nan)
     self.weights, self.buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
 
 # %% ../nbs/08_train.ipynb #c016
@@ -261,36 +262,30 @@ def arch_step(self:Run, batch, weight_batch=None, measure:bool=False) -> tuple:
                                            weight_batch=weight_batch, weights=self.weights, buffers=self.buffers, weight_optimizer=self.w_opt)
     if self.world > 1:  # identical alphas on every rank: average their gradients
         for g in grads: dist.all_reduce(g); g.div_(self.world)
-    # one host-device synchronisation per step: the loss and every gradient checked at once
-    if not torch.isfinite(torch.stack([loss.detach().float(), *(g.float().sum() for g in grads)])).all():
-        return self._bad_step('architecture', loss), None
+    # the loss and every gradient checked at once, on the device: the flag is read when a step is logged
+    finite = torch.isfinite(torch.stack([loss.detach().float(), *(g.float().sum() for g in grads)])).all()
     for a, g in zip(self.alphas, grads): a.grad = g.to(a.dtype)
     norm = grad_norm(self.alphas) if measure else None
-    self.a_opt.step(); self.a_opt.zero_grad(set_to_none=True)
+    self.nonfinite.step_if(finite, self.a_opt, self.a_opt.step); self.a_opt.zero_grad(set_to_none=True)
+    self.nonfinite.flag('architecture', self.step + 1, self.epoch + 1, finite, loss)
     return loss.detach(), norm
 
 @patch
-def weight_step(self:Run, batch) -> dict|None:
-    "One weight update on a batch of the weight split: the framework's output (None for a skipped non-finite step)."
+def weight_step(self:Run, batch) -> dict:
+    "One weight update on a batch of the weight split: the framework's output (the update undone on the device if its loss is not finite)."
     self.model.schedule(self.step, self.total_steps)
     v1, v2 = self.views(batch)
     with self._autocast(): out = self.forward(v1, v2)
     loss = out['loss']
     self.w_opt.zero_grad(set_to_none=True)
     self.scaler.scale(loss).backward()
-    if not torch.isfinite(loss): self._bad_step('weight', loss); return None
-    self.scaler.step(self.w_opt); self.scaler.update(); self.w_sched.step()
+    finite = torch.isfinite(loss.detach())
+    self.nonfinite.step_if(finite, self.w_opt, lambda: self.scaler.step(self.w_opt)); self.scaler.update(); self.w_sched.step()
     for a in self.alphas: a.grad = None  # the weight step's alpha gradients are not used
+    self.nonfinite.flag('weight', self.step + 1, self.epoch + 1, finite, loss)
     return out
 
-@patch
-def _bad_step(self:Run, which:str, loss):
-    msg = f"non-finite {which} loss ({float(loss.detach())}) at step {self.step + 1}, epoch {self.epoch + 1}"
-    self.log('event', event='nan', message=msg)
-    if self.c.on_nan == 'skip': self.w_opt.zero_grad(set_to_none=True); return torch.tensor(float('nan'))
-    raise NonFiniteLoss(msg + "; the last good checkpoint is kept (rerun with --resume, or --on-nan skip)")
-
-# %% ../nbs/08_train.ipynb #c023
+# %% ../nbs/08_train.ipynb #c024
 @patch
 def state(self:Run) -> dict:
     "The full training state: weights, alphas, optimisers, schedulers, the data's streams, RNG states, the hooks' states."
@@ -313,8 +308,9 @@ def _check_weights(self:Run):
 
 @patch
 def save(self:Run):
-    "checkpoint.pt, atomically, with finite weights only."
+    "checkpoint.pt, atomically, with finite steps and weights only."
     self.checkpoint_requested = False
+    self.nonfinite.check(self.log)
     self._check_weights()
     if self.main: atomic_save(self.state(), self.out / 'checkpoint.pt')
 
@@ -323,7 +319,7 @@ def save_weights(self:Run, name:str, **fields):
     "The config and the weights (not the training state) into `name` in the run directory, with `fields` (best.pt)."
     atomic_save(dict(config=asdict(self.c), model=self.model.state_dict(), **fields), self.out / name)
 
-# %% ../nbs/08_train.ipynb #c024
+# %% ../nbs/08_train.ipynb #c025
 @patch
 def _load_state(self:Run, ck:dict, path:Path):
     "Restore the full training state of a checkpoint (nothing is written)."
@@ -344,7 +340,7 @@ def _load_state(self:Run, ck:dict, path:Path):
     self.step, self.epoch = ck['step'], ck['epoch']
     load_hook_states(self.hooks, ck)
 
-# %% ../nbs/08_train.ipynb #c027
+# %% ../nbs/08_train.ipynb #c028
 @patch
 def fit(self:Run) -> dict:
     "Train until the last epoch (or a stop request); returns the run's summary."
@@ -379,20 +375,20 @@ def _epoch(self:Run):
             for _ in range(c.arch_steps): arch_loss, norm = self.arch_step(next(self.arch_batches), batch, measure)
         out = self.weight_step(batch)
         self.step += 1; bar.update()
-        if out is not None:
-            self._after_step(out, arch_loss, norm, losses, bar)
-            if self.checkpoint_requested or (self._due(c.checkpoint_every) and self.data.weight_stream.position < self.steps_per_epoch): self.save()
+        self._after_step(out, arch_loss, norm, losses, bar)
+        if self.checkpoint_requested or (self._due(c.checkpoint_every) and self.data.weight_stream.position < self.steps_per_epoch): self.save()
         if self.stop_requested: raise StopRun('stop requested')
     bar.close()
     self.epoch += 1
     self._end_epoch(time.time() - t0, losses)
 
-# %% ../nbs/08_train.ipynb #c028
+# %% ../nbs/08_train.ipynb #c029
 @patch
 def _after_step(self:Run, out:dict, arch_loss, alpha_grad_norm, losses:list, bar):
     "The after_step hooks, then the step's record on a logged step (every log_every steps, and whenever collapse metrics are due)."
     c, record = self.c, None
     if self._due(c.log_every) or self._due(c.monitor_every) or self.step == 1:
+        if self.step in self.nonfinite.check(self.log): return  # a skipped step: no record
         loss = out['loss'].item(); losses.append(loss)
         record = dict(loss=loss, lr=self.w_opt.param_groups[0]['lr'])
         if arch_loss is not None: record.update(arch_loss=arch_loss.item(), arch_lr=self.a_opt.param_groups[0]['lr'])
@@ -404,6 +400,7 @@ def _after_step(self:Run, out:dict, arch_loss, alpha_grad_norm, losses:list, bar
 def _end_epoch(self:Run, seconds:float, losses:list):
     "The after_epoch hooks, then the epoch's record, its printed line and the checkpoint."
     c = self.c
+    self.nonfinite.check(self.log)  # before the hooks write anything of the epoch
     record = dict(seconds=seconds, loss=sum(losses) / len(losses) if losses else None, lr=self.w_opt.param_groups[0]['lr'])
     end = EpochEnd(record, [f"epoch {self.epoch}/{c.epochs}" + (f"  loss {record['loss']:.4f}" if record['loss'] is not None else '')])
     self._event('after_epoch', end)
@@ -414,8 +411,8 @@ def _end_epoch(self:Run, seconds:float, losses:list):
 
 @patch
 def finish(self:Run, stopped:str|None=None) -> dict:
-    "Check the weights, let the hooks complete the run's summary, write the end record and the report; returns the summary."
-    self._check_weights()
+    "Check the steps and weights, let the hooks complete the run's summary, write the end record and the report; returns the summary."
+    self.nonfinite.check(self.log); self._check_weights()
     result = dict(run=str(self.out), steps=self.step, epochs=self.epoch, best_val_knn_top1=None)
     if stopped: result['stopped'] = stopped
     self._event('after_fit', result)
@@ -425,19 +422,24 @@ def finish(self:Run, stopped:str|None=None) -> dict:
     if self.writer: self.writer.close()
     return result
 
-# %% ../nbs/08_train.ipynb #c036
+# %% ../nbs/08_train.ipynb #c037
+def run_config(mode:str, # 'search' or 'pretrain'
+               config:RunConfig|None=None, **overrides) -> RunConfig:
+    "`config` (default: RunConfig()) with `overrides`, as a search (searched heads) or a pretraining (genotype heads with a genotype, else standard)."
+    check_choice('mode', mode, ('search', 'pretrain'))
+    if mode == 'search': return replace(config or RunConfig(), mode='search', heads='search', **overrides)
+    c = replace(config or RunConfig(), mode='pretrain', **overrides)
+    return replace(c, heads='genotype' if c.genotype else 'standard') if c.heads == 'search' else c
+
 def search(config:RunConfig|None=None, out:str|Path='runs/search', resume=False, force=False, callbacks=(), progress=True, data=None, hooks=(), **overrides) -> dict:
     "Search the heads of a framework (the config's strategy; first-order DARTS by default); writes genotype.json, metrics.jsonl, checkpoint.pt, config.json in `out`."
-    c = replace(config or RunConfig(), mode='search', heads='search', **overrides)
-    return Run(c, out, resume, force, callbacks, progress, data, hooks).fit()
+    return Run(run_config('search', config, **overrides), out, resume, force, callbacks, progress, data, hooks).fit()
 
 def pretrain(config:RunConfig|None=None, out:str|Path='runs/pretrain', resume=False, force=False, callbacks=(), progress=True, data=None, hooks=(), **overrides) -> dict:
     "Pretrain a framework with genotype (file or preset) or standard heads; writes metrics, checkpoints and config in `out`."
-    c = replace(config or RunConfig(), mode='pretrain', **overrides)
-    if c.heads == 'search': c = replace(c, heads='genotype' if c.genotype else 'standard')
-    return Run(c, out, resume, force, callbacks, progress, data, hooks).fit()
+    return Run(run_config('pretrain', config, **overrides), out, resume, force, callbacks, progress, data, hooks).fit()
 
-# %% ../nbs/08_train.ipynb #c040
+# %% ../nbs/08_train.ipynb #c041
 def model_from_checkpoint(ck:dict, device='cpu') -> SiameseModel:
     "Rebuild the model of a checkpoint and load its weights."
     c = RunConfig(**ck['config']).resolved()
@@ -468,7 +470,7 @@ def evaluate_model(model:SiameseModel,
     if protocol == 'knn': return knn_accuracy(tr, d.train_labels, te, d.test_labels, d.num_classes, k)
     return linear_probe(tr, d.train_labels, te, d.test_labels, d.num_classes, epochs=epochs, seed=seed, device=device)
 
-# %% ../nbs/08_train.ipynb #c041
+# %% ../nbs/08_train.ipynb #c042
 def _evaluation_data(c:RunConfig):
     "A run's dataset for evaluation: in memory, or listed to be read in batches when the run streamed it (or auto would here)."
     if c.dataset != 'imagefolder': return load_dataset(c.dataset, c.data_dir, False, c.image_size)

@@ -88,7 +88,9 @@ def test_follow_a_run_being_written(tmp_path):
     dash = Dashboard(live=False)
     writer.start()
     t0 = time.monotonic()
-    assert dash.follow(tmp_path, poll_seconds=0.05, timeout=30)
+    follower = dash.follow(tmp_path, poll_seconds=0.05, timeout=30)
+    assert time.monotonic() - t0 < 0.5 and not follower.done  # returns at once, follows in the background
+    assert follower.wait(30) and follower.done  # ends by itself at the run's end event
     writer.join()
     assert time.monotonic() - t0 > 0.5  # it waited for the writer
     assert dash.history.n_records == len(read_metrics(tmp_path / 'metrics.jsonl'))
@@ -96,4 +98,4 @@ def test_follow_a_run_being_written(tmp_path):
 
 
 def test_follow_times_out_without_end(tmp_path):
-    assert Dashboard(live=False).follow(tmp_path, poll_seconds=0.05, timeout=0.2) is False
+    assert Dashboard(live=False).follow(tmp_path, poll_seconds=0.05, timeout=0.2, block=True) is False

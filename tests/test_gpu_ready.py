@@ -1,0 +1,57 @@
+"""No host read on a step that is not logged, and a few on a logged one, for every framework, searching and pretraining.
+
+A host read (`item`, `bool`, `float`, `tolist`, `cpu` of a tensor) would make a GPU's host wait for its queue. The
+counters wrap those methods and count the reads made between one step's `before_step` and the next's, so everything
+the loop does for a step counts: the architecture and weight steps, the hooks, the record, the checkpoints. On the
+CPU every tensor is on the model's device, so nothing is left out by device: the data path's index handling is
+counted too, and it makes no read.
+"""
+import pytest
+import torch
+from nasiam.frameworks import FRAMEWORKS
+from nasiam.hooks import Hook, StopRun
+from nasiam.train import Run, RunConfig
+
+READS = ('item', '__bool__', '__float__', 'tolist', 'cpu')
+STEPS, LOG_EVERY = 40, 10  # logged steps: 1, 10, 20, 30, 40
+
+
+class ReadsPerStep(Hook):
+    "The host reads of each step (counted from its before_step to the next), and a stop after `steps` steps."
+    def __init__(self, count:list, steps:int): self.count, self.steps, self.marks = count, steps, []
+    def before_step(self, run):
+        self.marks.append(self.count[0])
+        if run.step == self.steps: raise StopRun('measured')
+    def per_step(self) -> dict: return {i + 1: b - a for i, (a, b) in enumerate(zip(self.marks, self.marks[1:]))}
+
+
+@pytest.fixture
+def count(monkeypatch):
+    "A counter of host reads, with every read method wrapped while the test runs."
+    n = [0]
+    for name in READS:
+        def counted(self, *a, _real=getattr(torch.Tensor, name), **k):
+            n[0] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return n
+
+
+@pytest.mark.parametrize('mode', ['search', 'pretrain'])
+@pytest.mark.parametrize('framework', FRAMEWORKS)
+def test_unlogged_steps_make_no_host_read(framework, mode, count, tmp_path):
+    c = RunConfig(mode=mode, heads='search' if mode == 'search' else 'standard', framework=framework, backbone='resnet_mini',
+                  batch_size=12, epochs=1, device='cpu', precision='fp32', knn_every=0, log_every=LOG_EVERY, monitor_every=LOG_EVERY,
+                  options={'queue_size': 64} if framework == 'moco' else {})
+    hook = ReadsPerStep(count, STEPS)
+    run = Run(c, tmp_path / 'run', progress=False, hooks=[hook])
+    assert run.steps_per_epoch > STEPS  # no epoch end among the measured steps
+    run.fit()
+    reads = hook.per_step()
+    logged = {s: n for s, n in reads.items() if s == 1 or s % LOG_EVERY == 0}
+    unlogged = {s: n for s, n in reads.items() if s not in logged}
+    assert len(reads) == STEPS and unlogged and logged
+    assert set(unlogged.values()) == {0}, {s: n for s, n in unlogged.items() if n}
+    # the loss, the rates, the flags, the collapse metrics, the gradient norms, the alphas' record: a fixed few, whatever the model's size
+    assert max(logged.values()) <= 24, logged
+    print(framework, mode, 'reads on logged steps', logged)
