@@ -5,6 +5,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    "Under pytest-xdist each worker takes its share of the cores: that many torch threads here and in the processes the tests start."
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '0'))
+    if not workers: return
+    try: cores = len(os.sched_getaffinity(0))
+    except AttributeError: cores = os.cpu_count() or 1
+    threads = str(max(1, cores // workers))
+    for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(var, threads)  # papermill kernels, torchrun, `python -m nasiam`
+    import torch
+    n = os.environ['OMP_NUM_THREADS']
+    torch.set_num_threads(int(n) if n.isdigit() and int(n) > 0 else int(threads))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules holding a slow test first, each module's tests in their order: with `--dist loadfile` the long modules start early
+    and the workers finish together, rather than one waiting for the other's last long module."""
+    slow = {item.path for item in items if item.get_closest_marker('slow')}
+    items.sort(key=lambda item: item.path not in slow)  # a stable sort: a module's tests stay together and in order
+
+
 def shared_data(name: str) -> Path | None:
     "A dataset under ../shared/data (or $NASIAM_SHARED_DATA), or None when it is not there."
     roots = [Path(os.environ['NASIAM_SHARED_DATA'])] if os.environ.get('NASIAM_SHARED_DATA') else []

@@ -74,6 +74,7 @@ def test_refusals_leave_files_alone(tmp_path):
     assert not (tmp_path / 'other').exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     "A 2-process gloo search with the held-out kNN every epoch: rank 0 measures while rank 1 waits, and both finish with the same genotype and alphas."
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--standalone', '-m', 'nasiam',

@@ -30,6 +30,7 @@ def grid(folder, text):
 
 
 # -- sweeps through submitit --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_submitit_local_sweep(tmp_path):
     "Two points as submitit local jobs: results.csv, each point's status.json and job id, --status; a rerun skips them and records a failed and a killed point."
     nb, out = tiny_notebook(tmp_path), tmp_path / 'sweep'
@@ -147,6 +148,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_the_loopback(tmp_path):
     "torchrun --nnodes 2 twice, node ranks 0 and 1, one process each, meeting at 127.0.0.1: one search, the same genotype on both nodes; only node 0 writes its run."
     port, env = free_port(), dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
@@ -323,6 +325,7 @@ def peak_memory(args, cwd) -> dict:
     return dict(code=p.returncode, log=log.read_text(), rss=usage.ru_maxrss * 1024, pss=peak_pss)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path('/proc/self/smaps_rollup').exists(), reason='measures memory through /proc (Linux)')
 def test_stream_run_stays_under_the_memory_budget(tmp_path):
     """A folder whose decoded images (2,007 at 128 px: 94 MiB) exceed a 0.06 GB budget: auto streams it, and a 1-epoch search with the held-out kNN

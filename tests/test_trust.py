@@ -71,11 +71,12 @@ def test_pretrain_with_a_random_genotype(tmp_path):
     assert code == 2 and 'random:3' in err and not (tmp_path / 'bad').exists()
 
 
+@pytest.mark.slow
 def test_seed_sweep_reports_agreement(tmp_path):
     "A 3-seed sweep of the search notebook: one results.csv column per layer, the agreement in summary.html."
     from nasiam.results import read_results, seed_agreement, search_genotype
     from nasiam.sweeps import sweep
-    grid = dict(seed=[0, 1, 2], epochs=2, arch_warmup_epochs=0, batch_size=128, evaluate=False, device='cpu', knn_k=20)
+    grid = dict(seed=[0, 1, 2], epochs=1, arch_warmup_epochs=0, batch_size=128, evaluate=False, device='cpu', knn_k=20)
     res = sweep(REPO / 'nbs' / 'experiments' / 'search.ipynb', grid, tmp_path / 'sw', jobs=2, log=None)
     rows = read_results(res)
     assert [r['status'] for r in rows] == ['done'] * 3, rows
