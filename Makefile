@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test export clean-nbs bench readme
+.PHONY: demo test test-slow export clean-nbs bench readme
 
 $(VENV)/.installed: settings.ini setup.py
 	python3 -m venv $(VENV)
@@ -14,17 +14,21 @@ $(VENV)/.installed: settings.ini setup.py
 demo: $(VENV)/.installed
 	$(VENV)/bin/nasiam run nbs/experiments/quickstart.ipynb --out runs/quickstart
 
-# `make test PYTEST_WORKERS=2` spreads pytest over pytest-xdist workers (tests/conftest.py gives each its share of the cores);
-# the default runs it in one process: the browser tests time their live updates and need the cores to themselves
+# Two tiers. `make test`: nasiam/ against nbs/, the notebooks' examples and every test not marked slow, within minutes.
+# `make test-slow`: the tests marked slow (real runs: CIFAR-10 photos, collapse, JupyterLab in a browser, sweeps, torchrun).
+# CI (.ci/run) runs both. Both print their 15 slowest tests.
+# `make test PYTEST_WORKERS=2` spreads pytest over pytest-xdist workers (tests/conftest.py gives each its share of the cores).
 PYTEST_WORKERS ?=
 PYTEST_ARGS := -q -ra --durations=15 $(if $(PYTEST_WORKERS),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 
-# nasiam/ must be exactly what the notebooks export; then the notebook tests and pytest
 test: $(VENV)/.installed
 	$(VENV)/bin/nbdev_export
 	@test -z "$$(git status --porcelain -- nasiam)" || { git status --short -- nasiam; echo "nasiam/ differs from what nbs/ exports: run nbdev_export and commit"; exit 1; }
 	$(VENV)/bin/nbdev_test --n_workers 2
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 export: $(VENV)/.installed
 	$(VENV)/bin/nbdev_export
