@@ -1,6 +1,6 @@
 """Throughput and peak memory of the data pipeline, the search and pretraining steps, and comparisons with kornia and lightly.
 
-    python benchmarks/run.py [--quick] [--json] [--device auto|cpu|cuda] [--only SECTION] [--loader-workers N]
+    python benchmarks/run.py [--quick] [--json] [--device auto|cpu|cuda] [--only SECTION] [--framework NAME] [--loader-workers N]
 
 Timings are the best of a few interleaved repetitions (the least disturbed by other processes), after a warm-up.
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU, the growth of the process's resident set
@@ -191,7 +191,7 @@ def bench_steps(args, device, rows, res, tmp):
     res['arch_step_fraction_by'], res['peak_fraction_by'] = {}, {}
     if 'peak_tflops' not in res: bench_peak(args, device, rows, res)  # the ceiling, measured in the same run
     for backbone, batch in sizes.items():
-        for fw in PAPER_FRAMEWORKS + ('byol',):
+        for fw in args.framework or PAPER_FRAMEWORKS + ('byol',):
             search, _ = make_run('search', fw, backbone, batch, device, tmp)
             pre, _ = make_run('pretrain', fw, backbone, batch, device, tmp)
             a_idx, w_idx = torch.arange(batch), torch.arange(batch)
@@ -212,8 +212,8 @@ def bench_steps(args, device, rows, res, tmp):
                              images_per_s=batch / t['pretrain'][0], peak_mib=t['pretrain'][1],
                              note=f"{of_peak['pretrain'] * top / 1e12:.2f} TFLOP/s = {of_peak['pretrain']:.0%} of peak"))
             del search, pre; gc.collect()
-    res['arch_step_fraction'] = res['arch_step_fraction_by']['simsiam/resnet18']
-    res['arch_step_fraction_worst'] = max(res['arch_step_fraction_by'][f"{fw}/resnet18"] for fw in PAPER_FRAMEWORKS)
+    res['arch_step_fraction'] = res['arch_step_fraction_by'].get('simsiam/resnet18')
+    res['arch_step_fraction_worst'] = max((v for k, v in res['arch_step_fraction_by'].items() if k.split('/')[0] in PAPER_FRAMEWORKS), default=None)
     res['precision'] = str(search_precision(device))
 
 def search_precision(device):
@@ -516,6 +516,7 @@ def main(argv=None):
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--only', choices=[f.__name__[6:] for f in SECTIONS], action='append', help='run only this section (repeatable)')
+    p.add_argument('--framework', action='append', choices=FRAMEWORKS, help='the steps section: only this framework (repeatable; default: all)')
     p.add_argument('--loader-workers', type=int, default=None, help='DataLoader workers of the loader section (default: 2, or fewer cores)')
     args = p.parse_args(argv)
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device)
