@@ -1,6 +1,6 @@
 """Throughput and peak memory of the data pipeline, the search and pretraining steps, and comparisons with kornia and lightly.
 
-    python benchmarks/run.py [--quick] [--json] [--device auto|cpu|cuda] [--only SECTION] [--loader-workers N]
+    python benchmarks/run.py [--quick] [--json] [--device auto|cpu|cuda] [--only SECTION] [--framework NAME] [--loader-workers N]
 
 Timings are the best of a few interleaved repetitions (the least disturbed by other processes), after a warm-up.
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU, the growth of the process's resident set
@@ -21,9 +21,10 @@ from nasiam.backbones import build_backbone
 from nasiam.frameworks import FRAMEWORKS, SimSiam
 from nasiam.ops import SearchCell, set_fused
 from nasiam.train import Run, RunConfig
+from nasiam.hooks import Hook
 
 TARGETS = {'augment_speedup': 5.0, 'arch_step_fraction': 0.6, 'lightly_ratio': 1.0, 'dashboard_refresh_ms': DASHBOARD_BUDGET_MS,
-           'stream_speedup': 1.0}
+           'dashboard_throughput_ratio': 0.95, 'stream_speedup': 1.0}
 LOWER_IS_BETTER = ('arch_step_fraction', 'dashboard_refresh_ms')
 MEAN, STD = MEAN_STD['cifar10']
 PAPER_FRAMEWORKS = ('simsiam', 'moco', 'simclr')  # the targets are about these; BYOL is measured beside them
@@ -81,6 +82,39 @@ def compare(fns:dict, device, reps:int, warmup:int=1) -> dict:
     return {k: (min(v), mem[k]) for k, v in times.items()}
 
 
+def count_flops(fn) -> int:
+    "FLOPs of one call of `fn`, forward and backward, as torch.utils.flop_counter counts them (matmuls and convolutions)."
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as m: fn()
+    return m.get_total_flops()
+
+
+# -- the machine's ceiling ------------------------------------------------------------------------------
+def bench_peak(args, device, rows, res, tmp=None):
+    "TFLOP/s of a 3x3 convolution (channels_last, forward) and of a large square matmul, in bf16 and fp32: the ceiling the steps are measured against."
+    n, ch, side, m = (32, 128, 16, 2048) if args.quick else (64, 128, 32, 4096)
+    if device.type == 'cuda': n, ch, side, m = 256, 256, 32, 8192
+    fns, flops = {}, {}
+    for dt, name in ((torch.bfloat16, 'bf16'), (torch.float32, 'fp32')):
+        conv = nn.Conv2d(ch, ch, 3, padding=1, bias=False).to(device, dt).to(memory_format=torch.channels_last).requires_grad_(False)
+        x = torch.randn(n, ch, side, side, device=device, dtype=dt).to(memory_format=torch.channels_last)
+        a, b = torch.randn(m, m, device=device, dtype=dt), torch.randn(m, m, device=device, dtype=dt)
+        fns[f'conv3x3 {name}'] = (lambda conv, x: lambda: conv(x))(conv, x)
+        fns[f'matmul {name}'] = (lambda a, b: lambda: a @ b)(a, b)
+    for k, f in fns.items(): flops[k] = count_flops(f)
+    t = compare(fns, device, reps=2 if args.quick else 4)
+    res['peak_tflops'] = {k: flops[k] / s / 1e12 for k, (s, _) in t.items()}
+    res['peak_shapes'] = dict(conv3x3=f"{n}x{ch}x{side}x{side}, {ch}->{ch} channels", matmul=f"{m}x{m} @ {m}x{m}")
+    for k, (s, mib) in t.items():
+        rows.append(dict(section='ceiling', case=k, batch=n if k.startswith('conv') else m, images_per_s=float('nan'), peak_mib=mib,
+                         note=f"{res['peak_tflops'][k]:.2f} TFLOP/s"))
+
+def ceiling(res, dtype) -> float:
+    "FLOP/s of the best of the ceiling's cases in `dtype` (bf16 for any autocast dtype below fp32)."
+    name = 'fp32' if dtype == torch.float32 else 'bf16'
+    return 1e12 * max(v for k, v in res['peak_tflops'].items() if k.endswith(name))
+
+
 # -- data ---------------------------------------------------------------------------------------------
 def load_images(n):
     "n CIFAR-10 images (uint8, N x 3 x 32 x 32) from ../shared/data/cifar10-subset when present, else noise."
@@ -135,7 +169,7 @@ def bench_augment(args, device, rows, res, tmp=None):
 
 
 # -- steps ----------------------------------------------------------------------------------------
-def make_run(mode, framework, backbone, batch, device, tmp, heads=None, strategy='darts1'):
+def make_run(mode, framework, backbone, batch, device, tmp, heads=None, strategy='darts1', **overrides):
     "A Run on synthetic in-memory data whose steps see the same precomputed views every time."
     n = 3 * batch  # the weight and architecture splits each hold more than a batch
     g = torch.Generator().manual_seed(0)
@@ -144,7 +178,7 @@ def make_run(mode, framework, backbone, batch, device, tmp, heads=None, strategy
     data = ImageData('digits', images, labels, images[:8], labels[:8], ['a', 'b'], MEAN, STD, 32)
     options = {'queue_size': 4096} if framework == 'moco' else {}
     c = RunConfig(mode=mode, framework=framework, heads=heads or ('search' if mode == 'search' else 'standard'),
-                  backbone=backbone, batch_size=batch, epochs=1, device=str(device), options=options, strategy=strategy)
+                  backbone=backbone, batch_size=batch, epochs=1, device=str(device), options=options, strategy=strategy, **overrides)
     run = Run(c, tempfile.mkdtemp(prefix=f"{mode}-{framework}-{backbone}-", dir=tmp), progress=False, data=data)
     views = run.views(torch.arange(batch))
     run.views = lambda idx: views
@@ -154,9 +188,10 @@ def bench_steps(args, device, rows, res, tmp):
     sizes = {'resnet_mini': 64 if args.quick else 128, 'resnet18': 8 if args.quick else 16}
     if device.type == 'cuda': sizes = {'resnet_mini': 512, 'resnet18': 512}
     reps = 1 if args.quick else 2
-    res['arch_step_fraction_by'] = {}
+    res['arch_step_fraction_by'], res['peak_fraction_by'] = {}, {}
+    if 'peak_tflops' not in res: bench_peak(args, device, rows, res)  # the ceiling, measured in the same run
     for backbone, batch in sizes.items():
-        for fw in PAPER_FRAMEWORKS + ('byol',):
+        for fw in args.framework or PAPER_FRAMEWORKS + ('byol',):
             search, _ = make_run('search', fw, backbone, batch, device, tmp)
             pre, _ = make_run('pretrain', fw, backbone, batch, device, tmp)
             a_idx, w_idx = torch.arange(batch), torch.arange(batch)
@@ -164,14 +199,21 @@ def bench_steps(args, device, rows, res, tmp):
                          'pretrain': lambda: pre.weight_step(w_idx)}, device, reps)
             frac = t['arch'][0] / t['weight'][0]
             res['arch_step_fraction_by'][f"{fw}/{backbone}"] = frac
+            flops = dict(search=count_flops(lambda: (search.arch_step(a_idx), search.weight_step(w_idx))),
+                         pretrain=count_flops(lambda: pre.weight_step(w_idx)))
+            top = ceiling(res, search.amp_dtype)
+            of_peak = dict(search=flops['search'] / (t['arch'][0] + t['weight'][0]) / top, pretrain=flops['pretrain'] / t['pretrain'][0] / top)
+            res['peak_fraction_by'][f"{fw}/{backbone}"] = of_peak
             rows.append(dict(section='search step', case=f"{fw} {backbone}", batch=batch,
                              images_per_s=batch / (t['arch'][0] + t['weight'][0]), peak_mib=max(t['arch'][1], t['weight'][1]),
-                             note=f"arch {t['arch'][0]*1e3:.0f} ms = {frac:.2f}x weight {t['weight'][0]*1e3:.0f} ms"))
+                             note=f"arch {t['arch'][0]*1e3:.0f} ms = {frac:.2f}x weight {t['weight'][0]*1e3:.0f} ms; "
+                                  f"{of_peak['search'] * top / 1e12:.2f} TFLOP/s = {of_peak['search']:.0%} of peak"))
             rows.append(dict(section='pretrain step', case=f"{fw} {backbone} (standard heads)", batch=batch,
-                             images_per_s=batch / t['pretrain'][0], peak_mib=t['pretrain'][1]))
+                             images_per_s=batch / t['pretrain'][0], peak_mib=t['pretrain'][1],
+                             note=f"{of_peak['pretrain'] * top / 1e12:.2f} TFLOP/s = {of_peak['pretrain']:.0%} of peak"))
             del search, pre; gc.collect()
-    res['arch_step_fraction'] = res['arch_step_fraction_by']['simsiam/resnet18']
-    res['arch_step_fraction_worst'] = max(res['arch_step_fraction_by'][f"{fw}/resnet18"] for fw in PAPER_FRAMEWORKS)
+    res['arch_step_fraction'] = res['arch_step_fraction_by'].get('simsiam/resnet18')
+    res['arch_step_fraction_worst'] = max((v for k, v in res['arch_step_fraction_by'].items() if k.split('/')[0] in PAPER_FRAMEWORKS), default=None)
     res['precision'] = str(search_precision(device))
 
 def search_precision(device):
@@ -307,6 +349,68 @@ def bench_dashboard(args, device, rows, res, tmp):
                             figures=len(dash.widgets), reps=reps)
     log(f"  dashboard: refresh {1000 * min(times):.0f} ms best, {res['dashboard']['refresh_ms_median']:.0f} ms median "
         f"(building the figures {1000 * min(build):.0f} ms), report {1000 * report_s:.0f} ms")
+    bench_dashboard_live(args, device, rows, res, tmp)  # and what a live dashboard costs a running search
+
+class _StepClock(Hook):
+    "Wall time from the first step's start to the last step's end, and the steps between."
+    def __init__(self): self.first = self.last = None; self.steps = 0
+    def before_step(self, run): self.first = self.first or time.perf_counter()
+    def after_step(self, run, step): self.last, self.steps = time.perf_counter(), self.steps + 1
+    @property
+    def steps_per_s(self) -> float: return self.steps / (self.last - self.first)
+
+def bench_dashboard_live(args, device, rows, res, tmp):
+    "Steps/s of a resnet_mini SimSiam search at a small batch (every step logged) with a live Dashboard as its callback, against the same search without one."
+    from nasiam.dashboard import Dashboard
+    batch = 256 if device.type == 'cuda' else 32
+    n, epochs, reps = 32 * batch, (2 if args.quick else 3), (1 if args.quick else 2)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    data = ImageData('digits', images, torch.arange(n) % 2, images[:8], torch.arange(8) % 2, ['a', 'b'], MEAN, STD, 32)
+    c = RunConfig(mode='search', heads='search', backbone='resnet_mini', batch_size=batch, epochs=epochs, device=str(device),
+                  knn_every=0, log_every=1, monitor_every=10)
+    rates, dashes = {'without': [], 'live dashboard': []}, []
+    for _ in range(reps):
+        for case in ('live dashboard', 'without'):  # alternated, so that load drift hits both alike
+            clock = _StepClock()
+            callbacks = [Dashboard(live=True)] if case != 'without' else []
+            dashes += callbacks
+            Run(c, tempfile.mkdtemp(prefix='dash-', dir=tmp), force=True, callbacks=callbacks, progress=False, data=data, hooks=[clock]).fit()
+            rates[case].append(clock.steps_per_s)
+    best = {k: max(v) for k, v in rates.items()}
+    res['dashboard_throughput_ratio'] = best['live dashboard'] / best['without']
+    res['dashboard_live'] = dict(batch=batch, steps=clock.steps, epochs=epochs, reps=reps, steps_per_s=rates,
+                                 refreshes=[d.refreshes for d in dashes], refresh_s_last=[d.refresh_seconds for d in dashes])
+    for k, v in best.items():
+        rows.append(dict(section='live dashboard search', case=f"simsiam resnet_mini, {k}", batch=batch, images_per_s=v * batch,
+                         peak_mib=float('nan'), note=f"{v:.1f} steps/s" + (f", {res['dashboard_throughput_ratio']:.2f}x without" if k != 'without' else '')))
+    log(f"  live dashboard search: {best['live dashboard']:.2f} steps/s against {best['without']:.2f} without "
+        f"({res['dashboard_throughput_ratio']:.2f}x), refreshes {res['dashboard_live']['refreshes']}")
+
+
+# -- compile ---------------------------------------------------------------------------------------------
+def bench_compile(args, device, rows, res, tmp):
+    "Compiled over eager throughput of a search step (architecture + weight) and a pretraining step, SimSiam on resnet_mini; the compiling calls timed apart."
+    if device.type == 'cpu' and not (args.only and 'compile' in args.only):
+        res['notes'].append('compile: skipped on the CPU unless asked (--only compile): compiling takes minutes here'); return
+    batch = 512 if device.type == 'cuda' else (32 if args.quick else 64)
+    fns, res['compile_seconds'] = {}, {}
+    for compiled in (False, True):
+        for mode in ('search', 'pretrain'):
+            run, _ = make_run(mode, 'simsiam', 'resnet_mini', batch, device, tmp, compile=compiled)
+            idx = torch.arange(batch)
+            step = (lambda r: lambda: (r.arch_step(idx, idx), r.weight_step(idx)))(run) if mode == 'search' else (lambda r: lambda: r.weight_step(idx))(run)
+            name = f"{mode}, {'compiled' if compiled else 'eager'}"
+            t = time.perf_counter()
+            for _ in range(3): step()  # compiles (and recompiles, if it must) here
+            _sync(device); res['compile_seconds'][name] = time.perf_counter() - t
+            fns[name] = step
+    t = compare(fns, device, reps=2 if args.quick else 4, warmup=0)
+    res['compile_speedup'] = {m: t[f"{m}, eager"][0] / t[f"{m}, compiled"][0] for m in ('search', 'pretrain')}
+    for k, (s, mib) in t.items():
+        rows.append(dict(section='compile', case=f"simsiam resnet_mini {k}", batch=batch, images_per_s=batch / s, peak_mib=mib,
+                         note=f"first 3 calls {res['compile_seconds'][k]:.1f} s" + (f"; {res['compile_speedup'][k.split(',')[0]]:.2f}x eager" if 'compiled' in k else '')))
+
 
 # -- image folder loaders ---------------------------------------------------------------------------------
 def make_jpeg_folder(root, n, seed=0, sizes=(96, 192)):
@@ -396,10 +500,15 @@ def table(rows, res):
     if 'stream_speedup' in res:
         lines.append(f"  {'stream_speedup_center':<22} {res['stream_speedup_center']:6.2f}  (stream / ImageFolder, centred 32 px squares); "
                      f"in memory {res['memory_images_per_s']:.0f} images/s after {res['memory_load_s']:.1f} s of decoding")
+    if 'peak_tflops' in res:
+        lines.append('  ceiling                ' + ', '.join(f"{k} {v:.2f}" for k, v in res['peak_tflops'].items()) + ' TFLOP/s')
+    for k, v in res.get('peak_fraction_by', {}).items():
+        lines.append(f"  of peak  {k:<22} search step {v['search']:5.1%}, pretrain step {v['pretrain']:5.1%}")
+    for k, v in res.get('compile_speedup', {}).items(): lines.append(f"  compiled/eager         {v:6.2f}x  {k} step")
     for n in res['notes']: lines.append(f"note: {n}")
     return '\n'.join(lines)
 
-SECTIONS = (bench_augment, bench_fused, bench_steps, bench_strategies, bench_lightly, bench_dashboard, bench_loader)
+SECTIONS = (bench_peak, bench_augment, bench_fused, bench_steps, bench_compile, bench_strategies, bench_lightly, bench_dashboard, bench_loader)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -407,6 +516,7 @@ def main(argv=None):
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--only', choices=[f.__name__[6:] for f in SECTIONS], action='append', help='run only this section (repeatable)')
+    p.add_argument('--framework', action='append', choices=FRAMEWORKS, help='the steps section: only this framework (repeatable; default: all)')
     p.add_argument('--loader-workers', type=int, default=None, help='DataLoader workers of the loader section (default: 2, or fewer cores)')
     args = p.parse_args(argv)
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device)

@@ -118,22 +118,29 @@ class Dashboard:
                  history: RunHistory|None=None, # where records accumulate
                  alpha_scale: str='deviation', # colour of the heatmaps and atlas: 'deviation' from uniform, 'weight' or 'logit'
                  trajectory_scale: str='weight', # y of the trajectories: 'weight' or 'logit'
+                 busy: float|None=0.05, # most share of the time spent refreshing: after a refresh of r s, the next waits r / busy s (events excepted; None: no limit)
                 ):
         self.alpha_scale = check_choice('alpha_scale', alpha_scale, ALPHA_SCALES)
         self.trajectory_scale = check_choice('trajectory_scale', trajectory_scale, TRAJECTORY_SCALES)
         self.live, self.every_steps, self.every_seconds = live, every_steps, every_seconds
         self.history = history or RunHistory()
         self.widgets, self.stamps, self.drawn, self.box, self.genotype_html = {}, {}, [], None, None
-        self.pending, self.last_refresh, self.refreshes = 0, time.monotonic(), 0
+        self.pending, self.last_refresh, self.refreshes, self.busy, self.refresh_seconds = 0, time.monotonic(), 0, busy, 0.0
 
     def __call__(self, record: dict):
         "Take in one record; when live, refresh the widgets if it is time to."
-        self.history.add(record)
+        self.on_records([record])
+
+    def on_records(self, records: list[dict]):
+        "Take in several records (a writer's backlog) and refresh at most once for them, if it is time to."
+        for r in records: self.history.add(r)
         if not self.live: return
-        self.pending += record.get('kind') == 'step'
+        kinds, since = {r.get('kind') for r in records}, time.monotonic() - self.last_refresh
+        self.pending += sum(r.get('kind') == 'step' for r in records)
         due_steps = self.every_steps is not None and self.pending >= self.every_steps
-        due_time = self.every_seconds is not None and time.monotonic() - self.last_refresh >= self.every_seconds
-        if due_steps or due_time or record.get('kind') in ('epoch', 'event', 'eval', 'config'): self.refresh()
+        due_time = self.every_seconds is not None and since >= self.every_seconds
+        rested = self.busy is None or since >= self.refresh_seconds / self.busy  # coalesced: refreshes take at most `busy` of the time
+        if 'event' in kinds or (rested and (due_steps or due_time or kinds & {'epoch', 'eval', 'config'})): self.refresh()
 
     def figures(self) -> dict[str, go.Figure]:
         "The current figures, by name."
@@ -142,12 +149,13 @@ class Dashboard:
     def refresh(self):
         "Bring the widgets up to date with the records seen so far."
         import ipywidgets as W
+        t = time.monotonic()
         if self.box is None: self.genotype_html = W.HTML(); self.box = W.VBox([self.genotype_html])
         self.genotype_html.value = _status_html(self.history)
         makers = figure_makers(self.history, self.alpha_scale, self.trajectory_scale)
         self.drawn, added = _update_widgets(self.widgets, self.stamps, makers)
         if added: self.box.children = [self.genotype_html, *(self.widgets[name] for name in makers)]
-        self.pending, self.last_refresh, self.refreshes = 0, time.monotonic(), self.refreshes + 1
+        self.pending, self.last_refresh, self.refreshes, self.refresh_seconds = 0, time.monotonic(), self.refreshes + 1, time.monotonic() - t
 
     def show(self):
         "Display the widgets (live only); returns self."

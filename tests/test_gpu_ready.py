@@ -6,8 +6,10 @@ the loop does for a step counts: the architecture and weight steps, the hooks, t
 CPU every tensor is on the model's device, so nothing is left out by device: the data path's index handling is
 counted too, and it makes no read.
 """
+import threading
 import pytest
 import torch
+from nasiam.records import read_metrics
 from nasiam.frameworks import FRAMEWORKS
 from nasiam.hooks import Hook, StopRun
 from nasiam.train import Run, RunConfig
@@ -55,3 +57,50 @@ def test_unlogged_steps_make_no_host_read(framework, mode, count, tmp_path):
     # the loss, the rates, the flags, the collapse metrics, the gradient norms, the alphas' record: a fixed few, whatever the model's size
     assert max(logged.values()) <= 24, logged
     print(framework, mode, 'reads on logged steps', logged)
+
+
+class HeldSink:
+    "A sink that takes nothing in until it is let go: a figure that never finishes drawing."
+    def __init__(self): self.go, self.records = threading.Event(), []
+    def on_records(self, records): self.go.wait(); self.records += records
+
+class LetGo(Hook):
+    "Lets the sink go at step `at`, noting what it had taken in by then."
+    def __init__(self, sink, at): self.sink, self.at, self.taken = sink, at, None
+    def after_step(self, run, step):
+        if run.step == self.at: self.taken = len(self.sink.records); self.sink.go.set()
+
+
+@pytest.mark.slow  # about 15 s of CPU
+def test_the_loop_does_not_wait_for_a_sink_and_checkpoints_follow_the_file(tmp_path, monkeypatch, digits):
+    import nasiam.train as train
+    saved = []  # (step a checkpoint names, last step in metrics.jsonl as it is written)
+    real = train.atomic_save
+    def spy(obj, path):
+        if path.name == 'checkpoint.pt':
+            steps = [r.get('step', 0) for r in read_metrics(path.parent / 'metrics.jsonl') if r['kind'] == 'step']
+            saved.append((obj['step'], max(steps)))
+        return real(obj, path)
+    monkeypatch.setattr(train, 'atomic_save', spy)
+    sink = HeldSink()
+    hook = LetGo(sink, 15)
+    c = RunConfig(mode='pretrain', heads='standard', backbone='resnet_mini', dataset='digits', batch_size=64, epochs=1, device='cpu',
+                  precision='fp32', knn_every=0, log_every=1, checkpoint_every=5)
+    res = Run(c, tmp_path / 'run', progress=False, data=digits, callbacks=[sink], hooks=[hook]).fit()
+    assert hook.taken == 0  # 15 steps went by while the sink had drawn nothing
+    records = read_metrics(tmp_path / 'run' / 'metrics.jsonl')
+    assert sink.records == records and records[-1]['event'] == 'end'  # drained at the end: the sink got every record, in order
+    assert saved and all(named == in_file for named, in_file in saved), saved  # every checkpoint's step was in the file first
+    assert res['steps'] == saved[-1][0]
+
+
+def test_an_error_drains_the_records(tmp_path, digits):
+    class Fail(Hook):
+        def after_step(self, run, step):
+            if run.step == 3: run.log('event', event='note', message='before the error'); raise KeyError('planted')
+    seen = []
+    c = RunConfig(mode='pretrain', heads='standard', backbone='resnet_mini', dataset='digits', batch_size=64, epochs=1, device='cpu',
+                  precision='fp32', knn_every=0, log_every=1)
+    with pytest.raises(KeyError, match='planted'): Run(c, tmp_path / 'run', progress=False, data=digits, callbacks=[seen.append], hooks=[Fail()]).fit()
+    records = read_metrics(tmp_path / 'run' / 'metrics.jsonl')
+    assert records[-1]['message'] == 'before the error' and seen == records
