@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['MetricsWriter', 'MetricsFormatError', 'read_metrics', 'MetricsTail', 'truncate_after', 'Series', 'RunHistory',
-           'decision_rule', 'layer_status', 'demo_alphas', 'write_demo_run']
+           'decision_rule', 'decision_level', 'layer_status', 'demo_alphas', 'write_demo_run']
 
 # %% ../nbs/07a_records.ipynb #c002
 import json, math, time
@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from .files import atomic_write_text
 from .checks import check_int
-from .metrics import DECISION_MARGIN, DECISION_PATIENCE, DecisionTracker, decision_summary
+from .metrics import DECISION_MARGIN, DECISION_PATIENCE, DECISION_LEVEL, DecisionTracker, decision_summary
 from .ops import PRIMITIVES
 
 # %% ../nbs/07a_records.ipynb #c005
@@ -206,15 +206,25 @@ def decision_rule(history: RunHistory, # the run so far
     "(margin, patience) of the run's decision rule: its config's, else the defaults."
     return (history.config.get('decision_margin', DECISION_MARGIN), history.config.get('decision_patience', DECISION_PATIENCE))
 
+def decision_level(history: RunHistory, # the run so far
+                  ) -> float|None:
+    "The significance level of the run's decisions (Holm over layers, against the sign-flip null); None for a run decided by the margin rule alone."
+    if history.confidence and not any('p_value' in r for rows in history.confidence.values() for r in rows): return None
+    return history.config.get('decision_level', DECISION_LEVEL)
+
+_CALIBRATED = ('p_value', 'equivalent', 'runner_up', 'family', 'family_decided')
+
 def layer_status(history: RunHistory, # the run so far
                  cell: str, # a cell with alphas recorded
                 ) -> list[dict]:
-    "Per layer of `cell`: op, margin, decided (the latest epoch record's flag; undecided without one), stable_epochs."
+    "Per layer of `cell`: op, margin, decided (the latest epoch record's flag; undecided without one), stable_epochs, and the calibrated rule's p_value, equivalent, runner_up, family, family_decided (None when not recorded)."
     _, weights = history.latest_alphas(cell)
     recorded = history.confidence.get(cell)
     if recorded and len(recorded) == len(weights):
-        return [dict(op=r['op'], margin=r['margin'], decided=bool(r['decided']), stable_epochs=r.get('stable_epochs')) for r in recorded]
-    return [dict(op=history.ops[_argmax(row)], margin=_margin(row), decided=False, stable_epochs=None) for row in weights]
+        return [dict(op=r['op'], margin=r['margin'], decided=bool(r['decided']), stable_epochs=r.get('stable_epochs'),
+                     **{k: r.get(k) for k in _CALIBRATED}) for r in recorded]
+    return [dict(op=history.ops[_argmax(row)], margin=_margin(row), decided=False, stable_epochs=None, **dict.fromkeys(_CALIBRATED))
+            for row in weights]
 
 # %% ../nbs/07a_records.ipynb #c028
 def _softmax(row):
@@ -244,9 +254,9 @@ def write_demo_run(writer: MetricsWriter, # where the records go (its callbacks 
                   ):
     "Write the records of a synthetic search run (config, steps, alphas, epochs with decision status, an eval, the end event)."
     import torch
-    tracker = DecisionTracker()
+    tracker, noise = DecisionTracker(), torch.Generator().manual_seed(0)
     writer.log('config', step=0, epoch=0, config=dict(name='demo-search', framework='simsiam', epochs=epochs,
-               batch_size=512, lr=0.06, cells=cells, decision_margin=tracker.margin, decision_patience=tracker.patience),
+               batch_size=512, lr=0.06, cells=cells, decision_margin=tracker.margin, decision_patience=tracker.patience, decision_level=tracker.level),
                primitives=list(PRIMITIVES))
     writer.log('event', step=0, epoch=0, event='start', message='synthetic search')
     total, d = epochs * steps_per_epoch, 2048
@@ -266,7 +276,8 @@ def write_demo_run(writer: MetricsWriter, # where the records go (its callbacks 
                        genotype=genotype(t), entropy=entropy)
         if step % steps_per_epoch == 0:
             logits = {c: torch.tensor(demo_alphas(t, n, i)).log() for i, (c, n) in enumerate(cells.items())}
-            confidence = tracker.update(logits, list(PRIMITIVES))
+            null = {c: torch.randn(199, *l.shape, generator=noise) * 0.3 for c, l in logits.items()}  # a synthetic sign-flip null
+            confidence = tracker.update(logits, list(PRIMITIVES), null)
             writer.log('epoch', step=step, epoch=epoch, loss=fields['loss'], lr=lr, val_knn_top1=30 + 20 * t,
                        seconds=1.0, genotype=genotype(t), confidence=confidence, decided=decision_summary(confidence))
         if sleep: time.sleep(sleep)
