@@ -87,7 +87,7 @@ def collapse_metrics(z1: torch.Tensor, # (n, d) projector outputs of one view
         if z2 is not None: out['align'] = alignment(z, z2.detach().float()).item()
     return out
 
-# %% ../nbs/07_metrics.ipynb #c6857675
+# %% ../nbs/07_metrics.ipynb #dcd7c643
 def layer_partitions(space, # a search space (or its name)
                      dims:list, # a cell's widths [in, hidden..., out]
                     ) -> list:
@@ -114,7 +114,7 @@ def group_margin(w:torch.Tensor, # (..., ops) op weights
     top = gw.topk(2, dim=-1)
     return top.values[..., 0] - top.values[..., 1], top.indices[..., 0]
 
-# %% ../nbs/07_metrics.ipynb #3f20eb3e
+# %% ../nbs/07_metrics.ipynb #afc3d1ac
 def holm(p:list, # p-values, None for the layers without a test
         ) -> list:
     "Holm's step-down adjusted p-values (family-wise error at most the level); None stays None."
@@ -145,7 +145,7 @@ def adam_replay(state:dict, # alphas, exp_avg, exp_avg_sq: (replays, layers, ops
         a.addcdiv_(m, denom, value=-lr / (1 - b1 ** state['step']))
     return state
 
-# %% ../nbs/07_metrics.ipynb #920eace6
+# %% ../nbs/07_metrics.ipynb #f0045ee8
 class SignFlipNull:
     "The sign-flip null of a search's alphas: each alpha step's gradients kept on the device, replayed with random signs at each epoch end."
     def __init__(self, replays:int=1000, # replays of the alpha optimiser (p-values are multiples of 1/(1 + replays))
@@ -175,7 +175,7 @@ class SignFlipNull:
         self.ok[self.n] = torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()
         self.n += 1
 
-# %% ../nbs/07_metrics.ipynb #7a8bc23f
+# %% ../nbs/07_metrics.ipynb #8c826c74
 @patch
 def advance(self:SignFlipNull, optimizer:torch.optim.Optimizer):
     "Replay the steps recorded since the last call with `optimizer`'s settings (Adam or AdamW, one parameter group)."
@@ -238,7 +238,7 @@ class DecisionTracker:
     def state_dict(self) -> dict: return dict(choice=self.choice, held=self.held)
     def load_state_dict(self, state: dict): self.choice, self.held = dict(state['choice']), dict(state['held'])
 
-# %% ../nbs/07_metrics.ipynb #f62c2f81
+# %% ../nbs/07_metrics.ipynb #720a6361
 def _level_stats(w, a_null, parts, key):
     "Per layer: margin, leading group, the heaviest op of the leading and of the runner-up group, and the p-value under the null."
     rows = []
@@ -255,7 +255,7 @@ def _level_stats(w, a_null, parts, key):
                          p=p, alone=len(groups) == 1))
     return rows
 
-# %% ../nbs/07_metrics.ipynb #cb529275
+# %% ../nbs/07_metrics.ipynb #a59ca0ac
 @patch
 def update(self:DecisionTracker,
            alphas: dict, # cell name -> (layers, ops) architecture logits at an epoch end

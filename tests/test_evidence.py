@@ -87,3 +87,27 @@ def test_old_genotype_format_still_reads():
     assert g.confidence['rule'] == dict(margin=0.03, patience=3) and len(g.undecided()) == 10
     back = Genotype.from_json(g.to_json())  # rewritten in the current format, it reads back the same
     assert json.loads(g.to_json())['format'] == 'nasiam.genotype/3' and back == g and back.confidence == g.confidence
+
+
+def test_null_resumes_exactly(tmp_path):
+    "The null's checkpoint state, mid-epoch, through torch.save and a weights-only load: the resumed null replays exactly as an uninterrupted one."
+    from nasiam.metrics import SignFlipNull
+    grads = torch.randn(10, 6, 7, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1, weight_decay=1e-3)
+    def fresh():
+        n = SignFlipNull(replays=50, seed=4); n.start({'projector': torch.zeros(6, 7)}); return n
+    whole = fresh()
+    for epoch in range(2):
+        for g in grads: whole.record({'projector': g}, capacity=4)  # the buffer grows past its capacity without a host read
+        whole.advance(opt)
+    part = fresh()
+    for g in grads: part.record({'projector': g}, capacity=4)
+    part.advance(opt)
+    for g in grads[:3]: part.record({'projector': g}, capacity=4)
+    torch.save(dict(hooks=dict(SearchMonitor=dict(null=part.state_dict()))), tmp_path / 'ck.pt')
+    resumed = SignFlipNull(replays=50, seed=99)
+    resumed.load_state_dict(torch.load(tmp_path / 'ck.pt', weights_only=True)['hooks']['SearchMonitor']['null'])
+    for g in grads[3:]: resumed.record({'projector': g}, capacity=4)
+    resumed.advance(opt)
+    assert torch.equal(resumed.null_alphas()['projector'], whole.null_alphas()['projector'])
+    assert not torch.equal(whole.null_alphas()['projector'][0], whole.null_alphas()['projector'][1])  # replays differ from each other
