@@ -253,8 +253,9 @@ def main(argv=None) -> int:
             res = (search if a.command == 'search' else pretrain)(c, a.out, resume=a.resume, force=a.force, progress=not a.no_progress)
             print(json.dumps(dict(res, rank=int(os.environ.get('RANK', 0)))))
             if res.get('undecided') and int(os.environ.get('RANK', 0)) == 0:
-                print(f"nasiam search: {res['decided']} layers decided; undecided: {', '.join(res['undecided'])} "
-                      f"(their choice is not settled: search longer, or raise --arch-lr)", file=sys.stderr)
+                print(f"nasiam search: {res['decided']} layers decided ({res.get('families_decided', '?')} by family); undecided: {', '.join(res['undecided'])} "
+                      f"(not significant against the sign-flip null at --decision-level, or not held: the gradients showed no consistent "
+                      f"direction; search longer, on more data)", file=sys.stderr)
         elif a.command == 'evaluate':
             print(json.dumps(evaluate_run(a.run, a.protocol, a.checkpoint, a.device, a.k, a.epochs)))
         elif a.command == 'report': print(write_report(a.run))

@@ -18,7 +18,7 @@ from .strategies import STRATEGIES, get_strategy
 from .ops import SPACES
 from .data import DATASETS
 from .loaders import LOADERS, check_dali
-from .metrics import DecisionTracker, DECISION_MARGIN, DECISION_PATIENCE
+from .metrics import DecisionTracker, DECISION_MARGIN, DECISION_PATIENCE, DECISION_LEVEL, DECISION_REPLAYS, SignFlipNull
 from .hooks import tensorboard_writer_class
 
 # %% ../nbs/07f_config.ipynb #c005
@@ -56,6 +56,8 @@ class RunConfig:
     derive: str = 'sparse'  # search: 'sparse' (one op per layer) or 'edge' (two)
     decision_margin: float = DECISION_MARGIN  # search: a layer is decided when its top-1 minus top-2 op weight reaches this ...
     decision_patience: int = DECISION_PATIENCE  # search: ... and its choice has held for this many epoch ends
+    decision_level: float = DECISION_LEVEL  # search: ... and its margin is significant at this level against the sign-flip null (Holm over layers)
+    decision_replays: int = DECISION_REPLAYS  # search: replays of that null (p-values are multiples of 1/(1 + replays))
     darts2_xi: float|None = None  # search: darts2's virtual step size; default: the weight optimiser's current lr
     gdas_tau_max: float = 10.0  # search: gdas's Gumbel-softmax temperature at the first epoch ...
     gdas_tau_min: float = 0.1  # search: ... and at the last (linear in between)
@@ -138,7 +140,7 @@ def validate(c:RunConfig) -> RunConfig:
     if c.heads == 'genotype': load_genotype(c.genotype, c.framework)  # a bad name or file fails here, before anything is written
     if c.mode == 'search' and c.arch_warmup_epochs >= c.epochs:
         raise ValueError(f"arch_warmup_epochs {c.arch_warmup_epochs} is not accepted with epochs {c.epochs}; it must be smaller, or the alphas never move")
-    DecisionTracker(c.decision_margin, c.decision_patience)  # the decision rule checks its own values
+    DecisionTracker(c.decision_margin, c.decision_patience, c.decision_level); SignFlipNull(c.decision_replays)  # the decision rule checks its own values
     if c.mode == 'search' and get_strategy(c.strategy).needs_weight_batch and c.arch_updates == 'epoch':
         raise ValueError(f"arch_updates 'epoch' is not accepted with strategy {c.strategy!r}: it unrolls the next weight step, so it needs arch_updates 'step'")
     if c.tensorboard: tensorboard_writer_class()

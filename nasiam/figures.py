@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .checks import check_choice
-from .records import RunHistory, decision_rule, layer_status
+from .records import RunHistory, decision_rule, decision_level, layer_status
 
 # %% ../nbs/07b_figures.ipynb #c007
 _OP_COLORS = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2')
@@ -58,16 +58,29 @@ def _fmt_margin(m: float) -> str:
     "A margin with the digits that show it: 0.004, 0.00031, 0."
     return f'{m:.3f}' if m >= 0.001 else f'{m:.2g}'
 
-def _rule_text(history: RunHistory) -> str:
-    margin, patience = decision_rule(history)
-    return f"margin ≥ {margin:g} held ≥ {patience} epochs" + ('' if history.confidence else '; no epoch has recorded a decision yet')
+def _rule_text(history: RunHistory, held:str='held') -> str:
+    "The run's decision rule in words: the sign-flip test's level (a run of the calibrated rule), the margin, the patience."
+    (margin, patience), level = decision_rule(history), decision_level(history)
+    test = f"p ≤ {level:g} against the sign-flip null (Holm), " if level is not None else ''
+    return f"{test}margin ≥ {margin:g}, {held} ≥ {patience} epochs" + ('' if history.confidence else '; no epoch has recorded a decision yet')
+
+def _mark(s: dict) -> str:
+    "A layer's mark: ✓ decided, ≈ only its family decided, ? undecided."
+    return '✓' if s['decided'] else '≈' if s.get('family_decided') else '?'
+
+def _verdict(s: dict) -> str:
+    "A layer's decision in words, with its p-value: 'decided', 'linear-smooth: decided; linear_silu vs linear_hardswish: undecided', 'undecided'."
+    p = f", p {s['p_value']:.2g}" if s.get('p_value') is not None else ''
+    if s['decided']: return 'decided' + p
+    if s.get('family_decided') and s.get('runner_up'): return f"{s['family']}: decided; {s['op']} vs {s['runner_up']}: undecided" + p
+    return 'undecided' + p
 
 # %% ../nbs/07b_figures.ipynb #c012
 def alpha_heatmap(history: RunHistory, # the run so far
                   cell: str, # cell name, e.g. "projector"
                   scale: str='deviation', # colour by weight − 1/ops ('deviation'), raw 'weight', or centred 'logit'
                  ) -> go.Figure:
-    "Op weights (layers x ops) of the latest snapshot of `cell`: colour on a scale that follows the data, raw weights as text, layers marked decided (✓) or not (?)."
+    "Op weights (layers x ops) of the latest snapshot of `cell`: colour on a scale that follows the data, raw weights as text, layers marked decided (✓), family decided (≈) or not (?)."
     check_choice('scale', scale, ALPHA_SCALES)
     if cell not in history.alphas: return _empty(f'{cell}: op weights', 'no alphas recorded yet')
     step, weights = history.latest_alphas(cell)
@@ -75,13 +88,13 @@ def alpha_heatmap(history: RunHistory, # the run so far
     z, status, digits = _scaled(w, scale), layer_status(history, cell), _digits(w)
     chosen = w.argmax(-1)
     text = [[(f'<b>{v:.{digits}f}</b>' if k == chosen[l] else f'{v:.{digits}f}') for k, v in enumerate(row)] for l, row in enumerate(w)]
-    layers = [f"layer {l} {'✓' if s['decided'] else '?'}" for l, s in enumerate(status)]
+    layers = [f"layer {l} {_mark(s)}" for l, s in enumerate(status)]
     custom = np.stack([w, w - 1 / w.shape[-1], _scaled(w, 'logit'), np.repeat([[s['margin']] for s in status], w.shape[-1], 1)], -1)
     fig = go.Figure(go.Heatmap(z=z.tolist(), x=history.ops, y=layers, text=text, texttemplate='%{text}', customdata=custom.tolist(),
                                hovertemplate=('%{y}, %{x}<br>weight %{customdata[0]:.5f}<br>weight − uniform %{customdata[1]:+.5f}'
                                               '<br>logit − mean %{customdata[2]:+.4f}<br>layer margin %{customdata[3]:.4f}<extra></extra>'),
                                colorbar=dict(title=_scale_title(scale, w.shape[-1])), **_colour_range(z, scale)))
-    fig.update_layout(title=dict(text=f'{cell}: op weights at step {step}<br><sub>✓ decided, ? undecided ({_rule_text(history)});'
+    fig.update_layout(title=dict(text=f'{cell}: op weights at step {step}<br><sub>✓ decided, ≈ family decided, ? undecided ({_rule_text(history)});'
                                       f' bold: the chosen op</sub>'),
                       height=150 + 45 * len(weights), yaxis=dict(autorange='reversed'), margin=dict(t=80, b=40))
     return fig
@@ -142,7 +155,7 @@ def alpha_trajectories(history: RunHistory, # the run so far
     for l in range(n_layers):
         xref, yref = _axes(l)
         changes, best, s = argmax_changes(snaps, l), int(w[-1, l].argmax()), status[l]
-        title = f"layer {l}: {ops[best]} ({'decided' if s['decided'] else 'undecided'}, margin {_fmt_margin(s['margin'])})"
+        title = f"layer {l}: {ops[best]} ({_verdict(s)}, margin {_fmt_margin(s['margin'])})"
         if len(changes) > max_marks: title += f"; {len(changes)} changes of choice, the last at step {changes[-1][0]} → {ops[changes[-1][1]]}"
         titles.append(title)
         for k, op in enumerate(ops):
@@ -203,7 +216,7 @@ def alpha_atlas(history: RunHistory, # the run so far
                          xaxis=_axes(l)[0], yaxis=_axes(l)[1],
                          hovertemplate=f'layer {l}, %{{y}}<br>step %{{x}}<br>{what}: %{{z:.4f}}<extra></extra>') for l in range(n_layers)]
     axes = {f"yaxis{l + 1 if l else ''}": dict(tickfont=dict(size=9), autorange='reversed') for l in range(n_layers)}  # ops top to bottom
-    fig = _stacked(traces, [f"layer {l} {'✓' if s['decided'] else '?'}" for l, s in enumerate(status)], 0.3 / n_layers,
+    fig = _stacked(traces, [f"layer {l} {_mark(s)}" for l, s in enumerate(status)], 0.3 / n_layers,
                    title=f'{cell}: alpha atlas, op × step ({len(steps)} snapshots)', height=100 + 130 * n_layers,
                    coloraxis=dict(colorscale=colours['colorscale'], cmin=colours['zmin'], cmax=colours['zmax'], colorbar=dict(title=what)),
                    margin=dict(t=70, b=40))
@@ -296,15 +309,17 @@ def genotype_text(history: RunHistory, # the run so far
 # %% ../nbs/07b_figures.ipynb #c039
 def decision_sentence(history: RunHistory, # the run so far
                      ) -> str:
-    "One plain sentence: how many searched layers are decided, by which rule, and the undecided ones with their margins ('' without alphas)."
+    "One plain sentence: how many searched layers are decided, by which rule, the layers decided only by family, and the undecided ones with their margins and p-values ('' without alphas)."
     layers = [(f'{cell}.{l}', s) for cell in history.cells for l, s in enumerate(layer_status(history, cell))]
     if not layers: return ''
-    margin, patience = decision_rule(history)
-    rule = f'margin ≥ {margin:g}, choice held ≥ {patience} epochs' + ('' if history.confidence else '; no epoch has recorded a decision yet')
+    rule = _rule_text(history, 'choice held')
     undecided = [(name, s) for name, s in layers if not s['decided']]
     if not undecided: return f'Search decided all {len(layers)} layers ({rule}).'
-    names = ', '.join(f"{name} (margin {_fmt_margin(s['margin'])})" for name, s in undecided)
-    return f'Search decided {len(layers) - len(undecided)}/{len(layers)} layers ({rule}); undecided: {names}.'
+    p = lambda s: f", p {s['p_value']:.2g}" if s.get('p_value') is not None else ''
+    family = [f"{name} ({_verdict(s).split(', p ')[0]})" for name, s in undecided if s.get('family_decided') and s.get('runner_up')]
+    names = ', '.join(f"{name} (margin {_fmt_margin(s['margin'])}{p(s)})" for name, s in undecided)
+    return (f'Search decided {len(layers) - len(undecided)}/{len(layers)} layers ({rule})'
+            + (f"; by family only: {', '.join(family)}" if family else '') + f'; undecided: {names}.')
 
 # %% ../nbs/07b_figures.ipynb #c042
 ALPHA_FIGURES = ('alphas/', 'margins/', 'trajectories/', 'atlas/')  # name prefixes of the architecture figures

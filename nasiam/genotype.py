@@ -15,8 +15,8 @@ from .ops import PRIMITIVES, derive_ops, get_space
 from .metrics import decision_summary
 
 # %% ../nbs/01_genotype.ipynb #c005
-GENOTYPE_FORMAT = 'nasiam.genotype/2'  # 2 adds the optional per-layer `confidence` of a search
-READABLE_FORMATS = ('nasiam.genotype/1', GENOTYPE_FORMAT)
+GENOTYPE_FORMAT = 'nasiam.genotype/3'  # 2 adds the optional per-layer `confidence` of a search; 3 its p-values, families, equivalent ops
+READABLE_FORMATS = ('nasiam.genotype/1', 'nasiam.genotype/2', GENOTYPE_FORMAT)
 
 def _layers(value, field_name, space) -> tuple:
     "Normalise a list of layers (each an op name or a list of op names) to a tuple of tuples, checking names."
@@ -33,18 +33,30 @@ def _layers(value, field_name, space) -> tuple:
 
 # %% ../nbs/01_genotype.ipynb #c007
 _LAYER_KEYS = {'op': str, 'weight': float, 'margin': float, 'entropy': float, 'stable_epochs': int, 'decided': bool}
+# format 3: the calibrated rule's fields (nasiam.metrics.DecisionTracker); None where a layer has no test (one function only)
+_LAYER_KEYS_3 = {'p_value': 'p', 'p_adjusted': 'p', 'equivalent': 'names', 'groups': 'groups', 'runner_up': 'name?', 'family': str,
+                 'family_margin': float, 'family_p_value': 'p', 'family_p_adjusted': 'p', 'family_stable_epochs': int, 'family_decided': bool}
+
+def _is(v, t) -> bool:
+    names = lambda x: isinstance(x, list) and bool(x) and all(isinstance(o, str) for o in x)
+    if t == 'p': return v is None or _is(v, float) and 0 <= v <= 1
+    if t == 'name?': return v is None or isinstance(v, str)
+    if t == 'names': return names(v)
+    if t == 'groups': return isinstance(v, list) and bool(v) and all(names(g) for g in v)
+    return isinstance(v, t) or (t is float and isinstance(v, int) and not isinstance(v, bool))
 
 def _check_confidence(conf, g):
-    "A search's confidence record: per cell, one dict per layer with the keys of `_LAYER_KEYS`, matching the genotype's layers."
+    "A search's confidence record: per cell, one dict per layer with the keys of `_LAYER_KEYS` (format 2) or those and `_LAYER_KEYS_3`, matching the genotype's layers."
     if not isinstance(conf, dict): raise ValueError(f"genotype 'confidence' must be an object, got {conf!r:.60}")
     for cell, layers in (('projector', g.projector), ('predictor', g.predictor)):
         rows = conf.get(cell, [])
         if not isinstance(rows, list) or len(rows) != len(layers):
             raise ValueError(f"genotype confidence for the {cell} must list its {len(layers)} layers, got {rows!r:.80}")
         for i, row in enumerate(rows):
-            bad = not isinstance(row, dict) or set(row) != set(_LAYER_KEYS) or not all(
-                isinstance(row[k], t) or (t is float and isinstance(row[k], int) and not isinstance(row[k], bool)) for k, t in _LAYER_KEYS.items())
-            if bad: raise ValueError(f"genotype confidence for {cell} layer {i} must have exactly {', '.join(_LAYER_KEYS)}, got {row!r:.80}")
+            keys = {**_LAYER_KEYS, **_LAYER_KEYS_3} if isinstance(row, dict) and set(row) > set(_LAYER_KEYS) else _LAYER_KEYS
+            if not isinstance(row, dict) or set(row) != set(keys) or not all(_is(row[k], t) for k, t in keys.items()):
+                raise ValueError(f"genotype confidence for {cell} layer {i} must have exactly {', '.join(_LAYER_KEYS)} "
+                                 f"(and, from format 3, {', '.join(_LAYER_KEYS_3)}), each of its type, got {row!r:.80}")
 
 # %% ../nbs/01_genotype.ipynb #c009
 @dataclass(frozen=True)
@@ -88,7 +100,7 @@ def _from_json(cls, text:str) -> Genotype:
     fmt = d.get('format', GENOTYPE_FORMAT)
     if fmt not in READABLE_FORMATS:
         raise ValueError(f"genotype JSON format {fmt!r:.60} is not accepted; choose one of: {', '.join(READABLE_FORMATS)}")
-    keys = {'format', 'space', 'projector', 'predictor', 'source'} | ({'confidence'} if fmt == GENOTYPE_FORMAT else set())
+    keys = {'format', 'space', 'projector', 'predictor', 'source'} | ({'confidence'} if fmt != 'nasiam.genotype/1' else set())
     unknown = set(d) - keys
     if unknown: raise ValueError(f"genotype JSON keys {sorted(unknown)} are not accepted; the keys are: {', '.join(sorted(keys))}")
     if 'projector' not in d: raise ValueError("genotype JSON has no 'projector' list")

@@ -12,10 +12,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
+from fastcore.basics import patch
 import torch.distributed as dist
 from .genotype import Genotype
 from .evaluate import extract_features, knn_accuracy
 from .metrics import CollapseDetector, collapse_metrics, grad_norm, alpha_entropy, DecisionTracker, decision_summary
+from .metrics import DECISION_LEVEL, DECISION_REPLAYS, SignFlipNull, layer_partitions
 from .files import atomic_write_text
 
 # %% ../nbs/07e_hooks.ipynb #c005
@@ -148,45 +150,76 @@ def log_alphas(run):
 
 # %% ../nbs/07e_hooks.ipynb #c019
 class SearchMonitor(Hook):
-    "Alphas records, the genotype with its decision confidence, genotype.json, and the ranks' agreement."
+    "Alphas records, the genotype with its calibrated decision confidence, genotype.json, and the ranks' agreement."
     def __init__(self, margin:float, patience:int,
                  derive:str='sparse', # the genotype's derivation
-                 warmup_epochs:int=0): # epochs during which the alphas stay put
-        self.decisions, self.confidence = DecisionTracker(margin, patience), None
-        self.derive, self.warmup_epochs = derive, warmup_epochs
+                 warmup_epochs:int=0, # epochs during which the alphas stay put
+                 level:float|None=None, # significance level (None: the run config's `decision_level`, else 0.05)
+                 replays:int|None=None): # sign-flip replays (None: the run config's `decision_replays`, else 1000)
+        self.decisions, self.confidence = DecisionTracker(margin, patience, level or DECISION_LEVEL), None
+        self.derive, self.warmup_epochs, self.level, self.replays = derive, warmup_epochs, level, replays
+        self.null, self.null_state, self.partitions, self.handle = None, None, {}, None
 
     def before_fit(self, run):
+        c, cells = getattr(run, 'c', None), run.model.search_cells()
+        if self.level is None: self.decisions.level = getattr(c, 'decision_level', DECISION_LEVEL)
+        self.partitions = {n: layer_partitions(cell.space, cell.dims) for n, cell in cells.items()}
+        self.null = SignFlipNull(self.replays or getattr(c, 'decision_replays', DECISION_REPLAYS), getattr(c, 'seed', 0))
+        if self.null_state: self.null.load_state_dict(self.null_state)
+        else: self.null.start({n: cell.alphas for n, cell in cells.items()})  # (a checkpoint older than the null: from its alphas)
+        if getattr(run, 'a_opt', None) is not None:
+            cap = getattr(run, 'steps_per_epoch', 63) * getattr(c, 'arch_steps', 1) + 1
+            grads = lambda: {n: cell.alphas.grad if cell.alphas.grad is not None else torch.zeros_like(cell.alphas) for n, cell in cells.items()}
+            self.handle = run.a_opt.register_step_pre_hook(lambda opt, args, kwargs: self.null.record(grads(), cap))
         if run.step == 0: log_alphas(run)
     def after_step(self, run, step):
         if step.record is not None: log_alphas(run)
 
-    def after_epoch(self, run, end):
-        ranks_agree(run)
-        g = run.model.genotype(self.derive, source=f"search {run.out.name} epoch {run.epoch}")
-        cells = run.model.search_cells()
-        end.record['genotype'] = {'projector': [list(l) for l in g.projector], 'predictor': [list(l) for l in g.predictor]}
-        self.confidence = self.decisions.update({n: cell.alphas for n, cell in cells.items()}, list(next(iter(cells.values())).primitives))
-        end.record['confidence'], end.record['decided'] = self.confidence, decision_summary(self.confidence)
-        if run.main: atomic_write_text(run.out / 'genotype.json', self.with_confidence(g, run.epoch).to_json(indent=1))
-        log_alphas(run)
-        warm = self.warmup_epochs and run.epoch <= self.warmup_epochs
-        end.line.append(f"| {end.record['decided']['decided']}/{end.record['decided']['layers']} layers decided"
-                        + ("  (warm-up: alphas still)" if warm else '') + f"  | {g}")
+# %% ../nbs/07e_hooks.ipynb #763639d5
+@patch
+def after_epoch(self:SearchMonitor, run, end):
+    ranks_agree(run)
+    g = run.model.genotype(self.derive, source=f"search {run.out.name} epoch {run.epoch}")
+    cells = run.model.search_cells()
+    end.record['genotype'] = {'projector': [list(l) for l in g.projector], 'predictor': [list(l) for l in g.predictor]}
+    if getattr(run, 'a_opt', None) is not None: self.null.advance(run.a_opt)
+    null = self.null.null_alphas() if self.null.state else None
+    self.confidence = self.decisions.update({n: cell.alphas for n, cell in cells.items()}, list(next(iter(cells.values())).primitives),
+                                            null, self.partitions)
+    d = decision_summary(self.confidence)
+    end.record['confidence'], end.record['decided'] = self.confidence, d
+    if run.main: atomic_write_text(run.out / 'genotype.json', self.with_confidence(g, run.epoch).to_json(indent=1))
+    log_alphas(run)
+    warm = self.warmup_epochs and run.epoch <= self.warmup_epochs
+    end.line.append(f"| {d['decided']}/{d['layers']} layers decided (p ≤ {self.decisions.level:g}, Holm), {d['families_decided']}/{d['layers']} families"
+                    + ("  (warm-up: alphas still)" if warm else '') + f"  | {g}")
 
-    def after_fit(self, run, result):
-        result['genotype'] = str(run.model.genotype(self.derive))
-        result['ranks_agree'] = ranks_agree(run)
-        if self.confidence is not None:
-            d = decision_summary(self.confidence)
-            result.update(decided=f"{d['decided']}/{d['layers']}", undecided=d['undecided'])
-    def with_confidence(self, g:Genotype, epoch:int) -> Genotype:
-        "`g` with the per-layer decision confidence of the last epoch end and the rule that judged it."
-        if self.confidence is None: return g
-        return dataclasses.replace(g, confidence=dict(rule=self.decisions.rule(), epoch=epoch, **self.confidence))
-    def state_dict(self): return dict(decisions=self.decisions.state_dict(), confidence=self.confidence)
-    def load_state_dict(self, state):
-        if state.get('decisions'): self.decisions.load_state_dict(state['decisions'])
-        self.confidence = state.get('confidence')
+@patch
+def after_fit(self:SearchMonitor, run, result):
+    if self.handle is not None: self.handle.remove(); self.handle = None
+    result['genotype'] = str(run.model.genotype(self.derive))
+    result['ranks_agree'] = ranks_agree(run)
+    if self.confidence is not None:
+        d = decision_summary(self.confidence)
+        result.update(decided=f"{d['decided']}/{d['layers']}", undecided=d['undecided'], families_decided=f"{d['families_decided']}/{d['layers']}")
+
+@patch
+def with_confidence(self:SearchMonitor, g:Genotype, epoch:int) -> Genotype:
+    "`g` with the per-layer decision confidence of the last epoch end and the rule that judged it."
+    if self.confidence is None: return g
+    rule = dict(self.decisions.rule(), replays=self.null.replays if self.null else self.replays)
+    return dataclasses.replace(g, confidence=dict(rule=rule, epoch=epoch, **self.confidence))
+
+@patch
+def state_dict(self:SearchMonitor):
+    return dict(decisions=self.decisions.state_dict(), confidence=self.confidence,
+                null=self.null.state_dict() if self.null is not None else self.null_state)
+
+@patch
+def load_state_dict(self:SearchMonitor, state):
+    if state.get('decisions'): self.decisions.load_state_dict(state['decisions'])
+    self.confidence, self.null_state = state.get('confidence'), state.get('null')
+    if self.null is not None and self.null_state: self.null.load_state_dict(self.null_state)
 
 # %% ../nbs/07e_hooks.ipynb #c022
 class HeldOutKNN(Hook):

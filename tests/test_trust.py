@@ -43,7 +43,9 @@ def test_search_reports_decisions(tmp_path):
     assert [e['decided']['layers'] for e in epochs] == [10, 10, 10]
     assert res['decided'] == f"{last['decided']['decided']}/10" and res['undecided'] == last['decided']['undecided']
     g = Genotype.from_json((out / 'genotype.json').read_text())
-    assert g.confidence['rule'] == dict(margin=0.03, patience=2) and g.confidence['epoch'] == 3
+    assert g.confidence['rule'] == dict(margin=0.03, patience=2, level=0.05, correction='holm', null='sign-flip', replays=1000)
+    assert g.confidence['epoch'] == 3 and json.loads((out / 'genotype.json').read_text())['format'] == 'nasiam.genotype/3'
+    assert all(0 < l['p_value'] <= 1 for c in ('projector', 'predictor') for l in g.confidence[c] if l['p_value'] is not None)
     assert g.undecided() == res['undecided']
     # the recorded margins are those of the final alphas
     alphas = load_checkpoint(out / 'checkpoint.pt')['model']['projector.cell.alphas'].softmax(-1)
