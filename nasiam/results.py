@@ -68,7 +68,7 @@ def _point_row(folder: Path, name: str, params: dict) -> dict:
     elif (folder / 'error.txt').is_file(): row.update(status='failed', error=first_line((folder / 'error.txt').read_text()))
     return row
 
-# %% ../nbs/11b_results.ipynb #938e0d10
+# %% ../nbs/11b_results.ipynb #86faf777
 ACCURACY_COLUMN = re.compile(r'^(?!paired_diff\.)(?:.*[._])?(knn|linear)[^,]*top1$')  # the results.csv columns of a top-1 accuracy (not its _se, not a difference)
 PAIR_POOLED = ('random_draw',)  # parameters that vary within an arm, not between conditions: pooled like seeds
 
@@ -120,7 +120,7 @@ def read_results(path: str|Path, # a results.csv
         except ValueError: return v
     with open(path, newline='', encoding='utf-8') as f: return [{k: num(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
-# %% ../nbs/11b_results.ipynb #9d4a072a
+# %% ../nbs/11b_results.ipynb #1ae7435c
 def detectable_difference(se: float, # the standard error of the estimated difference
                           df: float, # its degrees of freedom
                           alpha: float=0.05, # the two-sided test's level
@@ -159,7 +159,7 @@ def welch_test(a: list, # one arm's values (at least 2)
     q = stats.t.ppf(0.5 + level / 2, df)
     return dict(res, t=float(test.statistic), df=df, p=float(test.pvalue), ci=(diff - q * se, diff + q * se), mdd=detectable_difference(se, df))
 
-# %% ../nbs/11b_results.ipynb #ddcf4f21
+# %% ../nbs/11b_results.ipynb #e38d90a3
 def paired_test(a: list, # one arm's values, one per seed
                 b: list, # the other arm's values at the same seeds, in the same order
                 level: float=0.95, # confidence level of the interval
@@ -194,7 +194,7 @@ def seed_agreement(genotypes: list[dict], # genotype.json contents of the runs (
                             decided=sum(c['decided'] for c in conf) / len(conf) if conf else None))
     return out
 
-# %% ../nbs/11b_results.ipynb #49556917
+# %% ../nbs/11b_results.ipynb #4ffa1da1
 def random_percentile(rows: list[dict], # rows of results.csv
                       metric: str='knn_top1', # the column compared
                       arm: str='heads', # the parameter whose values are the arms
@@ -222,7 +222,8 @@ def _varying(rows: list[dict], params: list[str], *but: str) -> list[str]:
 def _by_seed(rs: list[dict], metric: str) -> dict:
     "seed -> the mean of `metric` over the rows at that seed (several random draws at one seed: their mean)."
     seeds = collections.defaultdict(list)
-    for r in rs: seeds[str(r.get('seed'))].append(r[metric])
+    label = lambda s: str(int(s)) if isinstance(s, float) and s.is_integer() else str(s)  # results.csv reads seeds as floats
+    for r in rs: seeds[label(r.get('seed'))].append(r[metric])
     return {s: sum(v) / len(v) for s, v in seeds.items()}
 
 def arm_comparisons(rows: list[dict], # rows of results.csv
