@@ -18,7 +18,7 @@ from .genotype import Genotype
 from .hooks import NonFiniteLoss
 from .results import read_results
 from .sweeps import EXECUTORS, format_status, load_grid, sweep, sweep_status
-from .train import search, pretrain, evaluate_run
+from .train import search, pretrain, evaluate_run, resolve_device
 
 # %% ../nbs/09_cli.ipynb #c005
 class _Parser(argparse.ArgumentParser):
@@ -220,6 +220,15 @@ def _add_report(sub):
     p = sub.add_parser('report', help='write RUN/report.html: every figure of a run, standalone')
     p.add_argument('run', help='a run directory (holding metrics.jsonl)')
 
+def _add_select(sub):
+    "Add `select`: a finished search's genotype chosen by contribution (DARTS-PT)."
+    p = sub.add_parser('select', help="choose a search's ops by contribution to a held-out objective: writes RUN/genotype-pt.json")
+    p.add_argument('run', help="a finished search's run directory (holding checkpoint.pt)")
+    p.add_argument('--batches', type=_positive_int, default=8, help='held-out batches: the spread of each drop is measured over them')
+    p.add_argument('--batch-size', type=_positive_int, default=256)
+    p.add_argument('--seed', type=_nonnegative_int, default=0, help='seeds the held-out batches and their augmentations')
+    p.add_argument('--device', default='auto')
+
 def parser() -> argparse.ArgumentParser:
     "The `nasiam` argument parser."
     p = _Parser(prog='nasiam', description='NASiam workbench: search siamese heads, pretrain, evaluate.')
@@ -228,6 +237,7 @@ def parser() -> argparse.ArgumentParser:
     _common(sub.add_parser('pretrain', help='pretrain with a genotype (file or preset) or the standard heads'), 'pretrain')
     _add_evaluate(sub)
     _add_report(sub)
+    _add_select(sub)
     add_subcommands(sub)  # run, sweep: experiment notebooks through papermill
     return p
 
@@ -259,6 +269,9 @@ def main(argv=None) -> int:
         elif a.command == 'evaluate':
             print(json.dumps(evaluate_run(a.run, a.protocol, a.checkpoint, a.device, a.k, a.epochs)))
         elif a.command == 'report': print(write_report(a.run))
+        elif a.command == 'select':
+            from nasiam.selection import select, format_selection
+            print(format_selection(select(a.run, a.batches, a.batch_size, seed=a.seed, device=str(resolve_device(a.device)))))
     except (ValueError, FileNotFoundError) as e:
         print(f"nasiam {a.command}: error: {e}", file=sys.stderr); return 2
     except NonFiniteLoss as e:

@@ -214,3 +214,36 @@ def test_sweep_checks_the_whole_grid_first(tmp_path):
     code, out, err = cli('sweep', EXPERIMENTS / 'search.ipynb', '--grid', tmp_path / 'grid.yaml', '--out', tmp_path / 's')
     assert code == 2 and "seed 'one' is not accepted; it takes an int (default 0)" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / 's').exists()
+
+
+def test_arms_are_paired_by_seed(tmp_path):
+    "With one seed, every arm of the pretrain notebook gets the same backbone initialisation, data order and augmentation stream; another seed changes all three."
+    import torch
+    from nasiam.config import RunConfig
+    from nasiam.data import load_dataset
+    from nasiam.genotype import Genotype
+    from nasiam.train import Run
+    data = load_dataset('digits')
+    g = Genotype.random(0, 'simsiam')
+    control = Genotype(['identity'] * len(g.projector), ['identity'] * len(g.predictor))
+    (tmp_path / 'control.json').write_text(control.to_json())
+    arms = dict(standard=dict(heads='standard'), random=dict(heads='genotype', genotype='random:3'),
+                preset=dict(heads='genotype', genotype='simsiam-cifar10-resnet18'),
+                control=dict(heads='genotype', genotype=str(tmp_path / 'control.json'), options=dict(stop_gradient=False)))
+    def first_steps(name, seed, kw):
+        run = Run(RunConfig(mode='pretrain', framework='simsiam', dataset='digits', backbone='resnet_mini', batch_size=64, epochs=1,
+                            seed=seed, device='cpu', knn_every=0, **kw), tmp_path / f'{name}{seed}', progress=False, data=data)
+        backbone = {k: v.clone() for k, v in run.model.backbone.state_dict().items()}
+        batches = [b.clone() for _, b in zip(range(3), run.data.weight_stream.epoch_batches())]
+        views = [run.data.views(b) for b in batches]
+        return backbone, batches, views
+    ref = first_steps('reference', 5, arms['standard'])
+    for name, kw in arms.items():
+        got = first_steps(name, 5, kw)
+        assert got[0].keys() == ref[0].keys() and all(torch.equal(got[0][k], ref[0][k]) for k in ref[0]), f"{name}: another backbone init"
+        assert all(torch.equal(a, b) for a, b in zip(got[1], ref[1])), f"{name}: another data order"
+        assert all(torch.equal(a, b) for va, vb in zip(got[2], ref[2]) for a, b in zip(va, vb)), f"{name}: another augmentation stream"
+    other = first_steps('standard', 6, arms['standard'])  # the check can fail: another seed differs in all three
+    k0 = next(k for k in ref[0] if k.endswith('weight'))
+    assert not torch.equal(other[0][k0], ref[0][k0])
+    assert not torch.equal(other[1][0], ref[1][0]) and not torch.equal(other[2][0][0], ref[2][0][0])
