@@ -21,7 +21,7 @@ from .data import DATASETS, is_unlabelled_folder
 from .loaders import LOADERS, check_dali
 from .metrics import DecisionTracker, DECISION_MARGIN, DECISION_PATIENCE
 from .hooks import tensorboard_writer_class
-from .trackers import check_tracker
+from .trackers import check_tracker, tracker_hooks
 
 # %% ../nbs/07f_config.ipynb #c005
 @dataclass
@@ -101,6 +101,10 @@ def strategy_options(c:RunConfig) -> dict:
     "The config's options for its strategy: its fields named `<strategy>_<option>`, by option name."
     prefix = c.strategy + '_'
     return {f.name[len(prefix):]: getattr(c, f.name) for f in dataclasses.fields(c) if f.name.startswith(prefix)}
+@patch
+def tracker_hooks(self:RunConfig, out) -> list:
+    "The hooks of the experiment trackers this config asks for (`nasiam.trackers`), for a run in `out`."
+    return tracker_hooks(out, self.wandb, self.mlflow, self.tracker_project, self.mlflow_uri)
 
 # %% ../nbs/07f_config.ipynb #c009
 CHOICES = {  # field -> its accepted values

@@ -36,6 +36,7 @@ def last_alphas(records) -> dict:
     return {f"alphas/{cell}/{i}/{op}": w for cell, rows in a['cells'].items() for i, row in enumerate(rows) for op, w in zip(a['ops'], row)}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS['mlflow'], reason="mlflow not installed (pip install 'nasiam[mlflow]')")
 def test_mlflow_file_store_read_back_and_resume(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
@@ -76,6 +77,7 @@ def wandb_records(path: Path) -> list:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS['wandb'], reason="wandb not installed (pip install 'nasiam[wandb]')")
 def test_wandb_offline_run_files_and_resume(tmp_path, monkeypatch):
     import json
