@@ -33,6 +33,7 @@ setuptools.setup(
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'bench': shlex.split(cfg.get('bench_requirements', '')),
                     'tensorboard': shlex.split(cfg.get('tensorboard_requirements', '')),
+                    **{name: shlex.split(cfg.get(f'{name}_requirements', '')) for name in ('wandb', 'mlflow', 'docs')},
                     'dali': shlex.split(cfg.get('dali_requirements', ''))},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],

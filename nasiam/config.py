@@ -7,6 +7,7 @@ __all__ = ['CHOICES', 'POSITIVE_INTS', 'COUNTS', 'NUMBERS', 'RunConfig', 'strate
 
 # %% ../nbs/07f_config.ipynb #c002
 import dataclasses
+from pathlib import Path
 from fastcore.basics import patch
 from dataclasses import dataclass, field
 import torch
@@ -16,10 +17,11 @@ from .backbones import BACKBONES
 from .frameworks import FRAMEWORKS, STEMS, get_framework
 from .strategies import STRATEGIES, get_strategy
 from .ops import SPACES
-from .data import DATASETS
+from .data import DATASETS, is_unlabelled_folder
 from .loaders import LOADERS, check_dali
 from .metrics import DecisionTracker, DECISION_MARGIN, DECISION_PATIENCE, DECISION_LEVEL, DECISION_REPLAYS, SignFlipNull
 from .hooks import tensorboard_writer_class
+from .trackers import check_tracker, tracker_hooks
 
 # %% ../nbs/07f_config.ipynb #c005
 @dataclass
@@ -33,6 +35,8 @@ class RunConfig:
     space: str = 'published'  # search: the search space of candidate ops
     dataset: str = 'digits'  # digits ships with scikit-learn; cifar10/100 need --download once
     data_dir: str = 'data'  # dataset root (imagefolder: the folder holding train/ and test/ or val/)
+    unlabelled: bool = False  # imagefolder: ignore labels, train on every image (train/ only, if there is one); set by itself for a folder of images without class sub-folders
+    eval_dir: str|None = None  # a labelled image folder (train/ and test/ or val/) on which the held-out kNN, best.pt and evaluation measure; runs on unlabelled images need it for them
     download: bool = False  # download CIFAR when missing
     image_size: int|None = None  # default: the dataset's (32)
     loader: str = 'auto'  # memory (decode the dataset once, hold it), stream (DataLoader workers read image folders from disk), dali (NVIDIA DALI decodes on the GPU) or auto (memory when the decoded images fit the budget); only image folders stream
@@ -70,6 +74,10 @@ class RunConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
     on_nan: str = 'stop'  # 'stop' or 'skip' a step whose loss is not finite
     tensorboard: bool = False  # also write TensorBoard event files (scalars, alpha weights, genotype) into the run directory
+    wandb: bool = False  # also log to Weights & Biases (the [wandb] extra; WANDB_MODE=offline keeps it on disk, in RUN/wandb)
+    mlflow: bool = False  # also log to MLflow (the [mlflow] extra), at --mlflow-uri
+    tracker_project: str = 'nasiam'  # the W&B project and the MLflow experiment a run logs to
+    mlflow_uri: str|None = None  # MLflow's tracking URI (a server, or file:DIR); default: MLFLOW_TRACKING_URI, else MLflow's own
     seed: int = 0  # seeds data order, augmentation and initialisation
     deterministic: bool = False  # CUDA: deterministic cuDNN kernels, no autotuning (CPU runs are deterministic anyway)
     device: str = 'auto'  # auto, cpu, cuda or cuda:N
@@ -88,12 +96,17 @@ def resolved(self:RunConfig) -> 'RunConfig':
     for name in ('lr', 'weight_decay', 'arch_lr', 'arch_weight_decay'):
         if getattr(c, name) is None: setattr(c, name, getattr(recipe, name))
     for k, v in cls.option_defaults(c.image_size).items(): c.options.setdefault(k, v)
+    if c.dataset == 'imagefolder' and is_unlabelled_folder(c.data_dir): c.unlabelled = True  # images, no class folders
     return c
 
 def strategy_options(c:RunConfig) -> dict:
     "The config's options for its strategy: its fields named `<strategy>_<option>`, by option name."
     prefix = c.strategy + '_'
     return {f.name[len(prefix):]: getattr(c, f.name) for f in dataclasses.fields(c) if f.name.startswith(prefix)}
+@patch
+def tracker_hooks(self:RunConfig, out) -> list:
+    "The hooks of the experiment trackers this config asks for (`nasiam.trackers`), for a run in `out`."
+    return tracker_hooks(out, self.wandb, self.mlflow, self.tracker_project, self.mlflow_uri)
 
 # %% ../nbs/07f_config.ipynb #c009
 CHOICES = {  # field -> its accepted values
@@ -144,6 +157,10 @@ def validate(c:RunConfig) -> RunConfig:
     if c.mode == 'search' and get_strategy(c.strategy).needs_weight_batch and c.arch_updates == 'epoch':
         raise ValueError(f"arch_updates 'epoch' is not accepted with strategy {c.strategy!r}: it unrolls the next weight step, so it needs arch_updates 'step'")
     if c.tensorboard: tensorboard_writer_class()
+    for name in ('wandb', 'mlflow'):
+        if getattr(c, name): check_tracker(name)
+    if c.unlabelled and c.dataset != 'imagefolder': raise ValueError(f"unlabelled is not accepted with dataset {c.dataset!r}; it reads image folders only (--dataset imagefolder)")
+    if c.eval_dir is not None and not Path(c.eval_dir).is_dir(): raise ValueError(f"eval_dir {c.eval_dir!r} is not a folder; give a labelled image folder holding train/ and test/ (or val/)")
     if c.loader in ('stream', 'dali') and c.dataset != 'imagefolder':
         raise ValueError(f"loader {c.loader!r} reads image folders only, and dataset {c.dataset!r} is held in memory; use --loader memory or auto")
     if c.device.startswith('cuda') and not torch.cuda.is_available():

@@ -229,7 +229,7 @@ class HeldOutKNN(Hook):
     @torch.no_grad()
     def measure(self, run) -> float:
         "kNN top-1 on the held-out part of the training set, the rest of it as the bank."
-        d, embed = run.data, run.model.embed
+        d, embed = run.data.held_out, run.model.embed  # the run's own held-out split, or its eval_dir's
         bank = extract_features(embed, d.eval_images(d.fit_idx), d.mean, d.std, device=run.device)
         val = extract_features(embed, d.eval_images(d.val_idx), d.mean, d.std, device=run.device)
         labels = d.train_labels
@@ -237,7 +237,9 @@ class HeldOutKNN(Hook):
 
     def after_epoch(self, run, end):
         if not (run.epoch % self.every == 0 or run.epoch == self.epochs): return
-        if run.main:
+        if run.main and run.data.held_out is None:  # no labels to choose on: best.pt holds the last epoch measured
+            run.save_weights('best.pt', epoch=run.epoch, chosen_by='last epoch (no labels)')
+        elif run.main:
             end.record['val_knn_top1'] = acc = self.measure(run)
             end.line.append(f"val kNN {acc:.1f}%")
             if acc > self.best_val:

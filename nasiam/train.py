@@ -26,7 +26,7 @@ from .hooks import (EVENTS, StopRun, NonFiniteLoss, NonFiniteSteps, StepEnd, Epo
 from .ops import NON_PARAMETRIC
 from .data import load_dataset
 from .loaders import ImageFiles, scan_imagefolder, center_crops, choose_loader, default_workers
-from .rundata import RunData
+from .rundata import RunData, labelled_eval_data
 from .evaluate import extract_features, knn_accuracy, linear_probe
 from .checks import check_choice
 from .metrics import grad_norm
@@ -96,11 +96,11 @@ class Run:
         ck = load_checkpoint(ck_path) if resume and ck_path.is_file() else None
         self.data = RunData(c.dataset, c.data_dir, c.image_size, c.batch_size // self.world, c.mode == 'search', c.seed,
                             c.val_fraction, c.train_portion, c.loader, c.memory_budget_gb, c.loader_workers, c.download,
-                            self.device, self.rank, self.world, c.channels_last, data, ck and ck.get('loader'), progress and self.main)
+                            self.device, self.rank, self.world, c.channels_last, data, ck and ck.get('loader'), progress and self.main, c.unlabelled, c.eval_dir)
         self._build()
         self.step = self.epoch = 0
         self.stop_requested = self.checkpoint_requested = False
-        self.hooks = self.default_hooks() + list(hooks)
+        self.hooks = self.default_hooks() + c.tracker_hooks(self.out) + list(hooks)  # the trackers' run ids ride in the checkpoint
         resuming = ck is not None
         if resuming: self._load_state(ck, ck_path); del ck
         self._open(resume, force, callbacks, resuming)
@@ -451,7 +451,7 @@ def evaluate_model(model:SiameseModel,
 # %% ../nbs/08_train.ipynb #c042
 def _evaluation_data(c:RunConfig):
     "A run's dataset for evaluation: in memory, or listed to be read in batches when the run streamed it (or auto would here)."
-    if c.dataset != 'imagefolder': return load_dataset(c.dataset, c.data_dir, False, c.image_size)
+    if c.dataset != 'imagefolder' or c.eval_dir or c.unlabelled: return labelled_eval_data(c.dataset, c.data_dir, c.image_size, c.unlabelled, c.eval_dir)
     files = scan_imagefolder(c.data_dir, progress=False)
     budget = None if c.memory_budget_gb is None else int(c.memory_budget_gb * 1e9)
     requested = 'stream' if c.loader == 'dali' else c.loader  # DALI trains; evaluation reads with DataLoader workers
