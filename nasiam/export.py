@@ -72,7 +72,7 @@ def model_card(c:RunConfig, info:dict, genotype, run:Path) -> str:
             f"- data: {c.dataset} ({c.data_dir if c.dataset in ('imagefolder', 'cifar10', 'cifar100') else 'built in'}), {c.image_size} px\n"
             f"- training: {c.mode}, {c.epochs} epochs, batch {c.batch_size}; exported {info['checkpoint']} (epoch {info['epoch']}, step {info['step']})\n"
             f"- backbone: {c.backbone}, {'CIFAR' if info['cifar_stem'] else 'ImageNet'} stem; heads: {heads}\n"
-            f"- from the run folder {info['run']}\n\n## Evaluation\n\n" + '\n'.join(evals) + "\n\n## Load\n\n```python\n" + load +
+            f"- from the run folder {info['run']}: `nasiam export --run {info['run']} --out DIR --checkpoint {'final' if info['checkpoint'] == 'checkpoint.pt' else 'best'}`\n\n## Evaluation\n\n" + '\n'.join(evals) + "\n\n## Load\n\n```python\n" + load +
             "import nasiam\nbackbone = nasiam.load_backbone('THIS_FOLDER')  # an nn.Module: images N x 3 x H x W -> features\n```\n\n"
             "Images are normalised with the dataset's mean and std (config.json: dataset; nasiam.data.load_dataset gives them).\n")
 
