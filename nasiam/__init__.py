@@ -13,3 +13,4 @@ from .backbones import BACKBONES, build_backbone
 from .frameworks import FRAMEWORKS, VARIANTS, SiameseModel, register_framework, build_model
 from .strategies import STRATEGIES, Strategy, register_strategy
 from .hooks import Hook
+from .export import export_run, load_backbone, load_heads, adapt_resnet

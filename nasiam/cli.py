@@ -19,6 +19,8 @@ from .hooks import NonFiniteLoss
 from .results import read_results
 from .sweeps import EXECUTORS, format_status, load_grid, sweep, sweep_status
 from .train import search, pretrain, evaluate_run, resolve_device
+from .export import export_run
+from .protocols import PROTOCOLS, evaluate_protocol
 
 # %% ../nbs/09_cli.ipynb #c005
 class _Parser(argparse.ArgumentParser):
@@ -204,15 +206,26 @@ def run_subcommand(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"nasiam {args.command}: error: {e}", file=sys.stderr); return 2
 
+# %% ../nbs/09_cli.ipynb #dbce1ace
+def _add_export(sub):
+    "Add `export`: a run's backbone (safetensors, torchvision keys), heads, genotype, config and model card into a new folder."
+    x = sub.add_parser('export', help="write a run's backbone (safetensors for torchvision), heads, genotype, config and model card to --out")
+    x.add_argument('--run', required=True, help='a run directory')
+    x.add_argument('--out', required=True, help='the export folder (outside the run directory; written whole or not at all)')
+    x.add_argument('--checkpoint', choices=('final', 'best'), default='final', help="final (default): checkpoint.pt, the last; best: best.pt, chosen by held-out kNN")
+    x.add_argument('--force', action='store_true', help='replace an existing export folder')
+
 # %% ../nbs/09_cli.ipynb #c024
 def _add_evaluate(sub):
     "Add `evaluate`: kNN or linear-probe accuracy of a run."
     e = sub.add_parser('evaluate', help='kNN or linear-probe accuracy of a run on its test set')
     e.add_argument('--run', required=True, help='a run directory')
-    e.add_argument('--protocol', choices=('knn', 'linear'), default='knn')
+    e.add_argument('--protocol', choices=('knn', 'linear', *PROTOCOLS), default='knn',
+                   help='knn, linear (on fixed features), linear-augmented (main_lincls.py: crops, SGD lr 30, frozen backbone) or finetune (the whole network)')
     e.add_argument('--checkpoint', choices=('final', 'best'), default='final', help="'best': chosen on the held-out split")
     e.add_argument('--k', type=_positive_int, default=None)
-    e.add_argument('--epochs', type=_positive_int, default=None, help="linear probe epochs (default 100; 90 above 64 px, the ImageNet protocol of SimSiam, Chen & He 2021)")
+    e.add_argument('--epochs', type=_positive_int, default=None, help="linear probe epochs (default 100; 90 above 64 px, the ImageNet protocol of SimSiam, Chen & He 2021; linear-augmented 90, finetune 30)")
+    e.add_argument('--batch-size', type=_positive_int, default=None, help='linear-augmented, finetune: images per step (default 256; the lr scales with it)')
     e.add_argument('--device', default='auto')
 
 def _add_report(sub):
@@ -238,6 +251,7 @@ def parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_report(sub)
     _add_select(sub)
+    _add_export(sub)
     add_subcommands(sub)  # run, sweep: experiment notebooks through papermill
     return p
 
@@ -266,12 +280,15 @@ def main(argv=None) -> int:
                 print(f"nasiam search: {res['decided']} layers decided ({res.get('families_decided', '?')} by family); undecided: {', '.join(res['undecided'])} "
                       f"(not significant against the sign-flip null at --decision-level, or not held: the gradients showed no consistent "
                       f"direction; search longer, on more data)", file=sys.stderr)
+        elif a.command == 'evaluate' and a.protocol in PROTOCOLS:
+            print(json.dumps(evaluate_protocol(a.run, a.protocol, a.checkpoint, a.device, a.epochs, a.batch_size)))
         elif a.command == 'evaluate':
             print(json.dumps(evaluate_run(a.run, a.protocol, a.checkpoint, a.device, a.k, a.epochs)))
         elif a.command == 'report': print(write_report(a.run))
         elif a.command == 'select':
             from nasiam.selection import select, format_selection
             print(format_selection(select(a.run, a.batches, a.batch_size, seed=a.seed, device=str(resolve_device(a.device)))))
+        elif a.command == 'export': print(export_run(a.run, a.out, a.checkpoint, a.force))
     except (ValueError, FileNotFoundError) as e:
         print(f"nasiam {a.command}: error: {e}", file=sys.stderr); return 2
     except NonFiniteLoss as e:

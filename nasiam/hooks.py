@@ -5,17 +5,18 @@
 # %% auto #0
 __all__ = ['EVENTS', 'StopRun', 'NonFiniteLoss', 'StepEnd', 'EpochEnd', 'NonFiniteSteps', 'Hook', 'handles', 'hook_states',
            'load_hook_states', 'CollapseMonitor', 'ranks_agree', 'log_alphas', 'SearchMonitor', 'HeldOutKNN',
-           'tensorboard_writer_class', 'TensorBoard']
+           'OnlineLinearProbe', 'tensorboard_writer_class', 'TensorBoard']
 
 # %% ../nbs/07e_hooks.ipynb #c002
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
+import torch.nn.functional as F
 from fastcore.basics import patch
 import torch.distributed as dist
 from .genotype import Genotype
-from .evaluate import extract_features, knn_accuracy
+from .evaluate import eval_mode, extract_features, knn_accuracy, topk_accuracy
 from .metrics import CollapseDetector, collapse_metrics, grad_norm, alpha_entropy, DecisionTracker, decision_summary
 from .metrics import DECISION_LEVEL, DECISION_REPLAYS, SignFlipNull, layer_partitions
 from .files import atomic_write_text
@@ -251,6 +252,70 @@ class HeldOutKNN(Hook):
         result['best_val_knn_top1'] = self.best_val if self.best_val >= 0 else None
     def state_dict(self): return dict(best_val=self.best_val)
     def load_state_dict(self, state): self.best_val = state.get('best_val', -1.0)
+
+# %% ../nbs/07e_hooks.ipynb #081dd3b9
+def _batch_labels(run, batch) -> torch.Tensor:
+    "The labels of a weight batch: indices into the training set held in memory, or a loader's (images, labels, indices)."
+    return run.data.train_labels[batch.cpu()] if torch.is_tensor(batch) else batch[1]
+
+class OnlineLinearProbe(Hook):
+    "A linear classifier trained on detached backbone features of the weight batches every `every` steps; held-out top-1/top-5 each epoch."
+    def __init__(self, every:int=1, lr:float=0.1, seed:int=0):
+        self.every, self.lr, self.seed, self.head, self.pending, self.last = every, lr, seed, None, None, None
+
+    def before_fit(self, run):
+        with torch.random.fork_rng(devices=[]):  # the run's own random state is not drawn from
+            torch.manual_seed(self.seed)
+            self.head = torch.nn.Linear(run.model.backbone.feat_dim, run.data.num_classes)
+            torch.nn.init.normal_(self.head.weight, std=0.01); torch.nn.init.zeros_(self.head.bias)
+        self.head.to(run.device)
+        self.opt = torch.optim.SGD(self.head.parameters(), lr=self.lr, momentum=0.9)
+        self.gen = torch.Generator(device=run.device).manual_seed(self.seed + 1)
+        if self.pending:
+            self.head.load_state_dict(self.pending['head']); self.opt.load_state_dict(self.pending['opt'])
+            self.gen.set_state(self.pending['gen'].to(torch.uint8)); self.pending = None
+
+    def features(self, run, images) -> torch.Tensor:
+        "Backbone features of one augmented view of uint8 `images`, in eval mode, without a graph."
+        aug = run.data.augment
+        x = aug.single(images[:, 0], self.gen, crop=False) if images.dim() == 5 else aug.single(images, self.gen)
+        with torch.no_grad(), eval_mode(run.model.backbone), run._autocast():
+            return run.model.backbone(x).float()
+
+    def after_step(self, run, step):
+        if run.step % self.every: return
+        f = self.features(run, run.data.batch_images(run.batch))
+        loss = F.cross_entropy(self.head(f), _batch_labels(run, run.batch).to(run.device))
+        self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
+
+# %% ../nbs/07e_hooks.ipynb #890ece8e
+@patch
+@torch.no_grad()
+def measure(self:OnlineLinearProbe, run) -> dict:
+    "The probe's top-1/top-5 on the held-out split."
+    d = run.data
+    feats = extract_features(run.model.embed, d.eval_images(d.val_idx), d.mean, d.std, device=run.device)
+    top1, top5 = topk_accuracy(self.head(feats.to(run.device)), d.train_labels[d.val_idx], (1, 5))
+    return dict(top1=top1, top5=top5)
+
+@patch
+def after_epoch(self:OnlineLinearProbe, run, end):
+    if not run.main: return
+    self.last = self.measure(run)
+    end.record.update(online_probe_top1=self.last['top1'], online_probe_top5=self.last['top5'])
+    end.line.append(f"online probe {self.last['top1']:.1f}%")
+
+@patch
+def after_fit(self:OnlineLinearProbe, run, result):
+    if self.last is None: return
+    result['online_probe_top1'] = self.last['top1']
+    run.log('eval', protocol='online-linear', split='val', checkpoint='final', **self.last)
+
+@patch
+def state_dict(self:OnlineLinearProbe) -> dict:
+    return {} if self.head is None else dict(head=self.head.state_dict(), opt=self.opt.state_dict(), gen=self.gen.get_state())
+@patch
+def load_state_dict(self:OnlineLinearProbe, state:dict): self.pending = state or None
 
 # %% ../nbs/07e_hooks.ipynb #c025
 def tensorboard_writer_class():

@@ -22,7 +22,7 @@ from .config import RunConfig, validate, strategy_options
 from .frameworks import build_model, SiameseModel
 from .strategies import get_strategy
 from .hooks import (EVENTS, StopRun, NonFiniteLoss, NonFiniteSteps, StepEnd, EpochEnd, handles, hook_states, load_hook_states,
-                          CollapseMonitor, SearchMonitor, HeldOutKNN, TensorBoard)
+                          CollapseMonitor, SearchMonitor, HeldOutKNN, TensorBoard, OnlineLinearProbe)
 from .ops import NON_PARAMETRIC
 from .data import load_dataset
 from .loaders import ImageFiles, scan_imagefolder, center_crops, choose_loader, default_workers
@@ -155,7 +155,7 @@ def default_hooks(self:Run) -> list:
     hooks = [CollapseMonitor(c.monitor_every)]
     if self.searching: hooks.append(SearchMonitor(c.decision_margin, c.decision_patience, c.derive, c.arch_warmup_epochs))
     if c.knn_every: hooks.append(HeldOutKNN(c.knn_every, c.knn_k, c.epochs))
-    return hooks
+    return hooks + ([OnlineLinearProbe(c.online_probe_every, seed=c.seed)] if c.online_probe_every else [])
 
 @patch
 def _open(self:Run, resume, force, callbacks, resumed:bool):
@@ -345,7 +345,7 @@ def _epoch(self:Run):
     alphas_move = self.searching and self.epoch >= c.arch_warmup_epochs  # after the warm-up, if any
     if alphas_move and c.arch_updates == 'epoch' and self.data.weight_stream.position == 0: self.arch_step(next(self.arch_batches))
     for batch in self.data.weight_stream.epoch_batches():
-        self._event('before_step')
+        self.batch = batch; self._event('before_step')  # hooks may read the weight batch (OnlineLinearProbe: its images, labels)
         arch_loss = norm = None
         if alphas_move and c.arch_updates == 'step':
             measure = (self.step + 1) % c.monitor_every == 0 or self.step == 0  # the alphas' gradient norm, for the collapse record
