@@ -235,7 +235,7 @@ def test_live_dashboard_in_jupyterlab(tmp_path, browser, jupyter_lab):
     z1 = page.evaluate(HEATMAP_Z_JS)
     page.wait_for_function(f"({HEATMAP_Z_JS})() !== {json.dumps(z1)}", timeout=120_000)  # the next alpha records arrive
     z2 = page.evaluate(HEATMAP_Z_JS)
-    running = page.locator('.jp-OutputArea-output', has_text='run finished').count() == 0
+    running = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]', has_text='run finished').count() == 0
     assert z1 != z2 and running, 'the heatmap did not change while the search was running'
     try:  # on a loaded machine the figures after the first are drawn some seconds later
         page.wait_for_function(f"(() => {{ const p = ({TRACE_LENGTHS_JS})(); return p.length === {N_PLOTS} && p.slice(0, {N_PLOTS - 1}).every(t => t.length); }})()",
@@ -245,7 +245,7 @@ def test_live_dashboard_in_jupyterlab(tmp_path, browser, jupyter_lab):
     assert len(plots) == N_PLOTS and all(n > 0 for p in plots for n in p), plots
     assert all(plots[:N_PLOTS - 1]), plots  # only the accuracy figure waits for the first epoch
     page.screenshot(path=tmp_path / 'live.png')  # the architecture figures come first
-    page.locator('.jp-OutputArea-output', has_text='run finished').wait_for(timeout=240_000)
+    page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]', has_text='run finished').wait_for(timeout=240_000)
     plots = page.evaluate(TRACE_LENGTHS_JS)
     assert len(plots) == N_PLOTS and all(plots) and all(n > 0 for p in plots for n in p), plots
     page.screenshot(path=tmp_path / 'live_end.png', full_page=True)
