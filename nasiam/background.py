@@ -9,6 +9,7 @@ __all__ = ['RunHandle', 'start', 'start_search', 'start_pretrain']
 import threading
 from pathlib import Path
 from .config import RunConfig
+from .dashboard import Dashboard
 from .train import Run, run_config
 
 # %% ../nbs/08a_background.ipynb #c004
@@ -25,22 +26,37 @@ def _claim(out) -> Path:
     return key
 
 # %% ../nbs/08a_background.ipynb #c006
+def _call_quietly(fn, *args, **kwargs):
+    "Call `fn`; an error of it is printed, not raised (the run's end must not fail on a callback)."
+    try: fn(*args, **kwargs)
+    except Exception as e: print(f'nasiam: {getattr(fn, "__qualname__", fn)} failed at the end of a background run: {type(e).__name__}: {e}')
+
 class RunHandle:
     "A run fitting in a daemon thread: `stop()`, `checkpoint()`, `wait()`, `status`, `result`, `error`."
     def __init__(self, run:Run, key:Path):
         self.run, self.out, self._key = run, run.out, key
-        self.result, self.error = None, None
+        self.result, self.error, self._finished, self._on_end = None, None, False, []
         self._thread = threading.Thread(target=self._fit, name=f'nasiam run {run.out}', daemon=True)
 
     def _fit(self):
         try: self.result = self.run.fit()
-        except BaseException as e: self.error = e
+        except BaseException as e:
+            self.error = e
+            self._failed(e)
         finally:
             with _lock:
                 if _running.get(self._key) is self: _running.pop(self._key)
+                self._finished, ends = True, list(self._on_end)
+            for fn in ends: _call_quietly(fn, self)
+
+    def _failed(self, e):
+        "Write the failure into metrics.jsonl (so that the run's folder tells it), and close the log."
+        if getattr(self.run, 'writer', None) is None: return
+        _call_quietly(self.run.log, 'event', event='failed', message=f'{type(e).__name__}: {e}')
+        _call_quietly(self.run.writer.close)
 
     @property
-    def done(self) -> bool: return not self._thread.is_alive()
+    def done(self) -> bool: return self._finished
 
     @property
     def status(self) -> str:
@@ -70,12 +86,19 @@ def wait(self:RunHandle, timeout:float|None=None) -> dict|None:
     return self.result
 
 @patch
+def on_end(self:RunHandle, fn):
+    "Call `fn(handle)` once the run has ended (at once if it has): done, stopped or failed."
+    with _lock:
+        if not self._finished: self._on_end.append(fn); return
+    fn(self)
+
+@patch
 def __repr__(self:RunHandle) -> str: return f"RunHandle({self.status}, step {self.run.step}/{self.run.total_steps}, {str(self.out)!r})"
 
 # %% ../nbs/08a_background.ipynb #c008
 def start(mode:str, # 'search' or 'pretrain'
           config:RunConfig|None=None, out:str|Path|None=None, resume=False, force=False, callbacks=(), progress=False, data=None, hooks=(), **overrides) -> RunHandle:
-    "Build the run here (a bad config or run folder raises now), then fit it in a daemon thread; returns its handle at once."
+    "Build the run here (a bad config or run folder raises now), then fit it in a daemon thread; returns its handle at once (a `Dashboard` among `callbacks` gets its controls)."
     c = run_config(mode, config, **overrides)
     out = out if out is not None else f'runs/{mode}'
     key = _claim(out)
@@ -84,6 +107,8 @@ def start(mode:str, # 'search' or 'pretrain'
         with _lock: _running.pop(key, None)
         raise
     with _lock: _running[key] = handle
+    for cb in callbacks:  # a live dashboard among the callbacks gets the Stop and Checkpoint now buttons
+        if isinstance(cb, Dashboard): cb.control(handle)
     handle._thread.start()
     return handle
 

@@ -5,6 +5,7 @@ import torch
 from nasiam.background import start_search
 from nasiam.dashboard import Dashboard
 from nasiam.hooks import Hook
+from nasiam.runs import run_summary
 from nasiam.train import load_checkpoint
 
 FAST = dict(dataset='digits', backbone='resnet_mini', batch_size=64, epochs=2, knn_every=0, precision='fp32', device='cpu',
@@ -18,6 +19,12 @@ class StopAt(Hook):
         if run.step == self.n:
             if self.error: raise self.error
             run.stop_requested = True
+
+
+class Pace(Hook):
+    "Waits after each step, so that a run of a few steps lasts long enough to act on (its numbers are unchanged)."
+    def __init__(self, seconds): self.seconds = seconds
+    def after_step(self, run, step): time.sleep(self.seconds)
 
 
 def alphas(out):
@@ -57,9 +64,36 @@ def test_stop_from_outside(tmp_path, digits):
 
 
 def test_failed_run_reraises(tmp_path, digits):
-    h = start_search(out=tmp_path / 'run', data=digits, progress=False, hooks=[StopAt(2, RuntimeError('boom at 2'))], **FAST)
+    dash = Dashboard(live=True, every_steps=None, every_seconds=None)
+    h = start_search(out=tmp_path / 'run', data=digits, progress=False, callbacks=[dash], hooks=[StopAt(2, RuntimeError('boom at 2'))], **FAST)
     with pytest.raises(RuntimeError, match='boom at 2'): h.wait(300)
     assert h.status == 'failed' and isinstance(h.error, RuntimeError) and h.result is None
+    line = dash.status_line.value  # the dashboard shows the end state and the error
+    assert 'data-state="failed"' in line and 'RuntimeError: boom at 2' in line and all(b.disabled for b in dash.buttons.values())
+    assert run_summary(tmp_path / 'run')['status'] == 'failed'  # and so do the run's files, at once
+    events = [r['event'] for r in map(json.loads, (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()) if r['kind'] == 'event']
+    assert events[-1] == 'failed' and 'end' not in events
+
+
+@pytest.mark.slow
+def test_dashboard_buttons_checkpoint_and_stop_a_run(tmp_path, digits):
+    dash = Dashboard(live=True, every_steps=None, every_seconds=None)
+    h = start_search(out=tmp_path / 'run', data=digits, progress=False, callbacks=[dash], hooks=[Pace(0.2)], **{**FAST, 'epochs': 3})
+    assert dash.handle is h and [b.description for b in dash.buttons.values()] == ['Stop', 'Checkpoint now']
+    dash.buttons['checkpoint'].click()
+    deadline = time.monotonic() + 120
+    while not dash.note.startswith('checkpoint written') and time.monotonic() < deadline: time.sleep(0.05)
+    assert dash.note.startswith('checkpoint written') and h.status == 'running', (dash.note, h.status)
+    written = load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')['step']
+    assert 0 < written < h.run.steps_per_epoch  # mid-epoch: the button's checkpoint, not an epoch's
+    dash.refresh()
+    assert 'data-state="running"' in dash.status_line.value and 'images/s' in dash.status_line.value and 'left' in dash.status_line.value
+    dash.buttons['stop'].click()
+    result = h.wait(300)
+    assert h.status == 'stopped' and result['steps'] < h.run.total_steps
+    assert 'data-state="stopped"' in dash.status_line.value and 'checkpoint.pt written' in dash.status_line.value
+    assert load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')['step'] == result['steps']
+    assert run_summary(tmp_path / 'run')['status'] == 'stopped'
 
 
 def test_resume_after_stop_matches_an_uninterrupted_run(tmp_path, digits):

@@ -2,7 +2,7 @@
 
 Needs Chromium (Debian package `chromium`) and the Python `playwright` package; no downloaded browsers.
 """
-import contextlib, io, json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import contextlib, io, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 
@@ -31,15 +31,15 @@ LIVE_NOTEBOOK_CELLS = [
 ]
 
 
-def live_notebook() -> dict:
-    "The notebook (nbformat 4 JSON) that the live test runs."
+def notebook(sources: list[str]) -> dict:
+    "A notebook (nbformat 4 JSON) of these code cells."
     cells = [dict(cell_type='code', metadata={}, source=src, outputs=[], execution_count=None, id=f'c{i}')
-             for i, src in enumerate(LIVE_NOTEBOOK_CELLS)]
+             for i, src in enumerate(sources)]
     return dict(cells=cells, metadata=dict(kernelspec=dict(name='python3', display_name='Python 3 (ipykernel)', language='python')),
                 nbformat=4, nbformat_minor=5)
 
 
-@pytest.fixture
+@pytest.fixture(scope='module')
 def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -165,9 +165,10 @@ def free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-@pytest.fixture
-def jupyter_lab(tmp_path):
-    "A JupyterLab server on 127.0.0.1 serving tmp_path/'lab'; yields (base url, token)."
+@pytest.fixture(scope='module')
+def jupyter_lab(tmp_path_factory):
+    "One JupyterLab server on 127.0.0.1 for the module's checks, serving a folder; yields (base url, token, that folder)."
+    tmp_path = tmp_path_factory.mktemp('jupyterlab')
     (tmp_path / 'lab').mkdir()
     port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -185,11 +186,27 @@ def jupyter_lab(tmp_path):
                 urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=1); break
             except OSError: time.sleep(0.5)
         else: pytest.fail(f'JupyterLab did not start; see {tmp_path / "lab.log"}')
-        yield url, token
+        yield url, token, tmp_path / 'lab'
     finally:
         server.terminate()
         try: server.wait(10)
         except subprocess.TimeoutExpired: server.kill()
+
+
+def open_notebook(browser, jupyter_lab, path: str, cells: list[str]):
+    "Write a notebook of `cells` at `path` under the lab's folder, open it in a new page, wait for its kernel; returns the page."
+    url, token, lab = jupyter_lab
+    (lab / path).parent.mkdir(parents=True, exist_ok=True)
+    (lab / path).write_text(json.dumps(notebook(cells)))
+    page = browser.new_page(viewport=dict(width=1400, height=1100))
+    page.route(lambda u: not u.startswith('http://127.0.0.1'), lambda route: route.abort())
+    page.on('console', lambda m: m.type == 'error' and print('browser console:', m.text[:300]))
+    page.goto(f'{url}/lab/workspaces/{Path(path).stem}/tree/{path}?reset&token={token}')  # a workspace of its own: only this notebook open
+    page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=60_000)
+    try: page.locator('.jp-Dialog button', has_text='Select').click(timeout=10_000)  # kernel choice, if asked
+    except PlaywrightTimeout: pass
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    return page
 
 
 HEATMAP_Z_JS = """() => {
@@ -209,15 +226,8 @@ TRACE_LENGTHS_JS = """() => Array.from(document.querySelectorAll('.jp-OutputArea
 
 @pytest.mark.slow
 def test_live_dashboard_in_jupyterlab(tmp_path, browser, jupyter_lab):
-    url, token = jupyter_lab
-    (tmp_path / 'lab' / 'live.ipynb').write_text(json.dumps(live_notebook()))
-    page = browser.new_page(viewport=dict(width=1400, height=1100))
-    page.route(lambda u: not u.startswith('http://127.0.0.1'), lambda route: route.abort())
-    page.goto(f'{url}/lab/tree/live.ipynb?token={token}')
-    page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=60_000)
-    try: page.locator('.jp-Dialog button', has_text='Select').click(timeout=10_000)  # kernel choice, if asked
-    except PlaywrightTimeout: pass
-    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    lab = jupyter_lab[2]
+    page = open_notebook(browser, jupyter_lab, 'live.ipynb', LIVE_NOTEBOOK_CELLS)
     page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
     page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
     try: page.wait_for_function(f"({HEATMAP_Z_JS})() !== null", timeout=180_000)  # the search's first steps are slow on a loaded 2-core machine
@@ -225,15 +235,164 @@ def test_live_dashboard_in_jupyterlab(tmp_path, browser, jupyter_lab):
     z1 = page.evaluate(HEATMAP_Z_JS)
     page.wait_for_function(f"({HEATMAP_Z_JS})() !== {json.dumps(z1)}", timeout=120_000)  # the next alpha records arrive
     z2 = page.evaluate(HEATMAP_Z_JS)
-    running = page.locator('.jp-OutputArea-output', has_text='run finished').count() == 0
+    running = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]', has_text='run finished').count() == 0
     assert z1 != z2 and running, 'the heatmap did not change while the search was running'
+    try:  # on a loaded machine the figures after the first are drawn some seconds later
+        page.wait_for_function(f"(() => {{ const p = ({TRACE_LENGTHS_JS})(); return p.length === {N_PLOTS} && p.slice(0, {N_PLOTS - 1}).every(t => t.length); }})()",
+                               timeout=90_000)
+    except PlaywrightTimeout: pass  # the asserts below say what was missing
     plots = page.evaluate(TRACE_LENGTHS_JS)
     assert len(plots) == N_PLOTS and all(n > 0 for p in plots for n in p), plots
     assert all(plots[:N_PLOTS - 1]), plots  # only the accuracy figure waits for the first epoch
     page.screenshot(path=tmp_path / 'live.png')  # the architecture figures come first
-    page.locator('.jp-OutputArea-output', has_text='run finished').wait_for(timeout=240_000)
+    page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]', has_text='run finished').wait_for(timeout=240_000)
     plots = page.evaluate(TRACE_LENGTHS_JS)
     assert len(plots) == N_PLOTS and all(plots) and all(n > 0 for p in plots for n in p), plots
     page.screenshot(path=tmp_path / 'live_end.png', full_page=True)
-    records = read_metrics(tmp_path / 'lab' / 'runs' / 'live' / 'metrics.jsonl')
+    records = read_metrics(lab / 'runs' / 'live' / 'metrics.jsonl')
     assert [r['event'] for r in records if r['kind'] == 'event'] == ['start', 'end']
+
+
+# The workbench notebook: a background search with its dashboard, a cell that runs meanwhile, resume and an
+# uninterrupted run compared, then two more runs and the run browser. The test runs the cells one by one.
+WORKBENCH_CELLS = [
+    "import json, shutil, time, torch\n"
+    "from nasiam.background import start_search\n"
+    "from nasiam.dashboard import Dashboard\n"
+    "from nasiam.hooks import Hook\n"
+    "from nasiam.runs import RunBrowser\n"
+    "from nasiam.train import load_checkpoint, search\n"
+    "FAST = dict(dataset='digits', backbone='resnet_mini', batch_size=64, epochs=2, knn_every=0, precision='fp32', device='cpu',\n"
+    "            val_fraction=0.5, log_every=1, seed=0, progress=False)\n"
+    "class Pace(Hook):\n"
+    "    'Waits after each step: a run of a few steps lasts long enough to click in (its numbers are unchanged).'\n"
+    "    def after_step(self, run, step): time.sleep(10)",
+    "dash = Dashboard(live=True, every_steps=1, every_seconds=1.0).show()\n"
+    "h = start_search(out='runs/bg', callbacks=[dash], hooks=[Pace()], **FAST)",
+    "print('second cell ran while the search was', h.status)",
+    "shutil.copytree('runs/bg', 'runs/stopped')  # the stopped run, kept for the run browser\n"
+    "h2 = start_search(out='runs/bg', resume=True, **FAST); h2.wait()\n"
+    "search(out='runs/whole', **FAST)\n"
+    "alphas = lambda out: {k: v for k, v in load_checkpoint(f'{out}/checkpoint.pt')['model'].items() if k.endswith('alphas')}\n"
+    "genotype = lambda out: {k: v for k, v in json.load(open(f'{out}/genotype.json')).items() if k in ('projector', 'predictor')}\n"
+    "a, b = alphas('runs/whole'), alphas('runs/bg')\n"
+    "print('resumed', h2.status, 'alphas equal', bool(a) and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a),\n"
+    "      'genotype equal', genotype('runs/whole') == genotype('runs/bg'))",
+    "class Boom(Hook):\n"
+    "    def after_step(self, run, step):\n"
+    "        if run.step == 2: raise RuntimeError('boom at step 2')\n"
+    "try: start_search(out='runs/failed', hooks=[Boom()], **FAST).wait()\n"
+    "except RuntimeError as e: print('failed as planned:', e)\n"
+    "search(out='runs/seed1', **{**FAST, 'seed': 1, 'epochs': 1})\n"
+    "RunBrowser('runs')",
+]
+
+# Per plotly figure drawn: its title and its traces' names and point counts.
+FIGURE_TRACES_JS = """() => Array.from(document.querySelectorAll('.jp-OutputArea .js-plotly-plot')).map(el => ({
+    title: (el._fullLayout && el._fullLayout.title && el._fullLayout.title.text) || '',
+    traces: (el._fullData || []).map(t => ({name: t.name, n: t.y ? t.y.length : 0}))}))"""
+
+
+def run_cell(page, i: int):
+    "Select cell `i` (command mode) and run it."
+    page.locator('.jp-Notebook .jp-Cell').nth(i).locator('.jp-InputPrompt').click()
+    page.keyboard.press('Shift+Enter')
+
+
+def wait_ran(page, i: int, timeout: float=300_000):
+    "Wait until cell `i` has run (its prompt shows an execution count, not *)."
+    page.wait_for_function(f"""() => {{ const p = document.querySelectorAll('.jp-Notebook .jp-Cell')[{i}].querySelector('.jp-InputPrompt');
+        return p && /\\[\\d+\\]/.test(p.textContent); }}""", timeout=timeout)
+
+
+def shoot(page, locators: list, path: Path, max_height: int=1000):
+    "A screenshot of the union of the elements (scrolled into view), at most `max_height` px tall."
+    locators[0].scroll_into_view_if_needed()
+    boxes = [l.bounding_box() for l in locators]
+    x0, y0 = min(b['x'] for b in boxes), min(b['y'] for b in boxes)
+    x1, y1 = max(b['x'] + b['width'] for b in boxes), max(b['y'] + b['height'] for b in boxes)
+    page.screenshot(path=path, clip=dict(x=x0, y=y0, width=x1 - x0, height=min(y1 - y0, max_height)))
+
+
+@pytest.mark.slow
+def test_workbench_in_jupyterlab(tmp_path, browser, jupyter_lab):
+    "A background search in JupyterLab: a cell runs meanwhile, the figures update, Stop ends it with a checkpoint, resuming it matches an uninterrupted run; then the run browser."
+    lab, shots = jupyter_lab[2] / 'wb', Path(os.environ.get('NASIAM_SCREENSHOTS') or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    page = open_notebook(browser, jupyter_lab, 'wb/workbench.ipynb', WORKBENCH_CELLS)
+    try: workbench_checks(page, lab, shots)
+    except BaseException:
+        page.screenshot(path=tmp_path / 'failure.png'); print('workbench page at the failure:', tmp_path / 'failure.png')
+        raise
+
+
+def workbench_checks(page, lab: Path, shots: Path):
+    cells = page.locator('.jp-Notebook .jp-Cell')
+    run_cell(page, 0); wait_ran(page, 0)
+    run_cell(page, 1)
+    status = page.locator('.nasiam-status')
+    status.wait_for(timeout=180_000)
+    wait_ran(page, 1)  # the cell that started the search has finished ...
+    run_cell(page, 2); wait_ran(page, 2, 120_000)
+    assert 'second cell ran while the search was running' in cells.nth(2).inner_text(), cells.nth(2).inner_text()
+    # ... and the dashboard's figures update while the search runs (asserted at the end, after the other checks)
+    try:
+        page.wait_for_function(f"({HEATMAP_Z_JS})() !== null", timeout=40_000)
+        z1 = page.evaluate(HEATMAP_Z_JS)
+        page.wait_for_function(f"({HEATMAP_Z_JS})() !== {json.dumps(z1)}", timeout=30_000)
+        figures_updated = status.get_attribute('data-state') == 'running'
+    except PlaywrightTimeout: figures_updated = False
+    assert status.get_attribute('data-state') == 'running', status.inner_text()
+    page.locator('.widget-button', has_text='Checkpoint now').click()
+    page.locator('.nasiam-note', has_text='checkpoint written').wait_for(timeout=60_000)
+    text = status.inner_text()
+    assert 'images/s' in text and 'left' in text and 'last event' in text and re.search(r'step \d+/\d+', text), text
+    page.locator('.widget-button', has_text='Stop').click()
+    page.locator('.nasiam-status[data-state="stopped"]').wait_for(timeout=120_000)
+    page.locator('.nasiam-note', has_text='checkpoint.pt written').wait_for(timeout=120_000)  # once the run's thread has ended
+    assert page.locator('.widget-button', has_text='Stop').is_disabled()
+    shoot(page, [status, page.locator('.widget-button', has_text='Stop'), page.locator('.jp-OutputArea .js-plotly-plot').first],
+          shots / 'workbench_dashboard.png')
+    end = [r for r in read_metrics(lab / 'runs' / 'bg' / 'metrics.jsonl') if r.get('event') == 'end'][-1]
+    assert end['stopped'] and (lab / 'runs' / 'bg' / 'checkpoint.pt').is_file()
+    stopped_at = end['steps']
+    # resume = uninterrupted, checked in the kernel (printed) and here from the files
+    run_cell(page, 3)
+    cells.nth(3).locator('.jp-OutputArea-output', has_text='resumed').wait_for(timeout=600_000)
+    assert 'resumed done alphas equal True genotype equal True' in cells.nth(3).inner_text()
+    import torch
+    from nasiam.train import load_checkpoint
+    ck = {n: load_checkpoint(lab / 'runs' / n / 'checkpoint.pt') for n in ('whole', 'bg')}
+    a, b = ({k: v for k, v in ck[n]['model'].items() if k.endswith('alphas')} for n in ('whole', 'bg'))
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert 0 < stopped_at < ck['bg']['step'] == ck['whole']['step']
+    # the run browser: every run with its status, two of them overlaid, two searches compared
+    run_cell(page, 4)
+    page.locator('table.nasiam-runs').wait_for(timeout=600_000)
+    rows = page.evaluate("""() => Array.from(document.querySelectorAll('table.nasiam-runs tr')).slice(1).map(
+        tr => Array.from(tr.querySelectorAll('td')).map(td => td.textContent))""")
+    statuses = {r[0]: r[6] for r in rows}
+    assert statuses == dict(bg='done', whole='done', stopped='stopped', failed='failed', seed1='done'), rows
+    page.locator('.widget-select-multiple select').select_option(label=['whole', 'seed1'])
+    page.locator('.widget-button', has_text='Overlay').click()
+    page.wait_for_function(f"({FIGURE_TRACES_JS})().some(f => f.title === 'loss')", timeout=120_000)
+    figures = page.evaluate(FIGURE_TRACES_JS)
+    at, loss = next((i, f) for i, f in enumerate(figures) if f['title'] == 'loss')
+    assert {t['name'] for t in loss['traces'] if t['n'] > 0} == {'whole', 'seed1'}, loss
+    margins = [f for f in page.evaluate(FIGURE_TRACES_JS) if f['title'].startswith('projector: margin of the chosen op') and '<br>' not in f['title']]
+    assert margins and {t['name'] for t in margins[0]['traces']} == {'whole', 'seed1'}, margins
+    browser_box = page.locator('table.nasiam-runs')
+    overlay = page.locator('.jp-OutputArea .js-plotly-plot').nth(at)
+    shoot(page, [browser_box, page.locator('.widget-select-multiple'), overlay], shots / 'workbench_browser.png', 1400)
+    page.locator('.widget-button', has_text='Compare genotypes').click()
+    summary = page.locator('.nasiam-diff-summary')
+    summary.wait_for(timeout=60_000)
+    n = page.locator('table.nasiam-genotype-diff tr').count() - 1
+    assert n > 0 and re.search(rf'\d+ of {n} layers differ', summary.inner_text()), summary.inner_text()
+    header = page.locator('table.nasiam-genotype-diff tr').first.inner_text()
+    assert 'whole op' in header and 'seed1 margin' in header and 'seed1 decided' in header, header
+    shoot(page, [summary, page.locator('table.nasiam-genotype-diff')], shots / 'workbench_genotypes.png')
+    print('genotype differences:', summary.inner_text())
+    for name in ('workbench_dashboard', 'workbench_browser', 'workbench_genotypes'):
+        assert (shots / f'{name}.png').stat().st_size < 400_000
+    assert figures_updated, "the dashboard's op-weight heatmap was not drawn, or did not change, while the search ran"
