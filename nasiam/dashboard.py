@@ -133,10 +133,9 @@ class Dashboard:
 
     def on_records(self, records: list[dict]):
         "Take in several records (a writer's backlog) and refresh at most once for them, if it is time to."
-        for r in records: self.history.add(r)
+        for r in records: self.history.add(r); self.pending += r.get('kind') == 'step'
         if not self.live: return
         kinds, since = {r.get('kind') for r in records}, time.monotonic() - self.last_refresh
-        self.pending += sum(r.get('kind') == 'step' for r in records)
         due_steps = self.every_steps is not None and self.pending >= self.every_steps
         due_time = self.every_seconds is not None and since >= self.every_seconds
         rested = self.busy is None or since >= self.refresh_seconds / self.busy  # coalesced: refreshes take at most `busy` of the time
