@@ -363,7 +363,7 @@ def bench_dashboard_live(args, device, rows, res, tmp):
     "Steps/s of a resnet_mini SimSiam search at a small batch (every step logged) with a live Dashboard as its callback, against the same search without one."
     from nasiam.dashboard import Dashboard
     batch = 256 if device.type == 'cuda' else 32
-    n, epochs, reps = 32 * batch, (2 if args.quick else 3), (1 if args.quick else 2)
+    n, epochs, reps = 16 * batch, (1 if args.quick else 2), 2  # 8 weight steps an epoch
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     data = ImageData('digits', images, torch.arange(n) % 2, images[:8], torch.arange(8) % 2, ['a', 'b'], MEAN, STD, 32)
