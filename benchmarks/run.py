@@ -107,7 +107,7 @@ def bench_peak(args, device, rows, res, tmp=None):
     res['peak_shapes'] = dict(conv3x3=f"{n}x{ch}x{side}x{side}, {ch}->{ch} channels", matmul=f"{m}x{m} @ {m}x{m}")
     for k, (s, mib) in t.items():
         rows.append(dict(section='ceiling', case=k, batch=n if k.startswith('conv') else m, images_per_s=float('nan'), peak_mib=mib,
-                         note=f"{res['peak_tflops'][k]:.2f} TFLOP/s"))
+                         note=f"{res['peak_tflops'][k] * 1e3:.3g} GFLOP/s"))
 
 def ceiling(res, dtype) -> float:
     "FLOP/s of the best of the ceiling's cases in `dtype` (bf16 for any autocast dtype below fp32)."
@@ -207,10 +207,10 @@ def bench_steps(args, device, rows, res, tmp):
             rows.append(dict(section='search step', case=f"{fw} {backbone}", batch=batch,
                              images_per_s=batch / (t['arch'][0] + t['weight'][0]), peak_mib=max(t['arch'][1], t['weight'][1]),
                              note=f"arch {t['arch'][0]*1e3:.0f} ms = {frac:.2f}x weight {t['weight'][0]*1e3:.0f} ms; "
-                                  f"{of_peak['search'] * top / 1e12:.2f} TFLOP/s = {of_peak['search']:.0%} of peak"))
+                                  f"{of_peak['search'] * top / 1e9:.3g} GFLOP/s = {of_peak['search']:.0%} of peak"))
             rows.append(dict(section='pretrain step', case=f"{fw} {backbone} (standard heads)", batch=batch,
                              images_per_s=batch / t['pretrain'][0], peak_mib=t['pretrain'][1],
-                             note=f"{of_peak['pretrain'] * top / 1e12:.2f} TFLOP/s = {of_peak['pretrain']:.0%} of peak"))
+                             note=f"{of_peak['pretrain'] * top / 1e9:.3g} GFLOP/s = {of_peak['pretrain']:.0%} of peak"))
             del search, pre; gc.collect()
     res['arch_step_fraction'] = res['arch_step_fraction_by'].get('simsiam/resnet18')
     res['arch_step_fraction_worst'] = max((v for k, v in res['arch_step_fraction_by'].items() if k.split('/')[0] in PAPER_FRAMEWORKS), default=None)
@@ -363,7 +363,7 @@ def bench_dashboard_live(args, device, rows, res, tmp):
     "Steps/s of a resnet_mini SimSiam search at a small batch (every step logged) with a live Dashboard as its callback, against the same search without one."
     from nasiam.dashboard import Dashboard
     batch = 256 if device.type == 'cuda' else 32
-    n, epochs, reps = 32 * batch, (2 if args.quick else 3), (1 if args.quick else 2)
+    n, epochs, reps = 16 * batch, (1 if args.quick else 2), 2  # 8 weight steps an epoch
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     data = ImageData('digits', images, torch.arange(n) % 2, images[:8], torch.arange(8) % 2, ['a', 'b'], MEAN, STD, 32)

@@ -8,6 +8,7 @@ __all__ = ['MetricsWriter', 'MetricsFormatError', 'read_metrics', 'MetricsTail',
 
 # %% ../nbs/07a_records.ipynb #c002
 import json, math, queue, threading, time
+from fastcore.basics import patch
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -113,7 +114,7 @@ def truncate_after(path: str|Path, # a metrics.jsonl file
     atomic_write_text(path, ''.join(json.dumps(r, allow_nan=False) + '\n' for r in kept))
     return len(records) - len(kept)
 
-# %% ../nbs/07a_records.ipynb #5d9b3d63
+# %% ../nbs/07a_records.ipynb #121e921c
 _END = object()  # closes a queue
 
 def _take_all(q: queue.Queue) -> list:
@@ -130,7 +131,7 @@ def feed(sink, records: list):
     else:
         for r in records: sink(r)
 
-# %% ../nbs/07a_records.ipynb #e9523aaf
+# %% ../nbs/07a_records.ipynb #5e7bc307
 class QueuedWriter:
     "A `MetricsWriter` whose file and callbacks are served by two threads behind bounded queues: `log` returns at once."
     def __init__(self,
@@ -156,27 +157,6 @@ class QueuedWriter:
         self.to_file.put(record)
         return record
 
-    def _write(self):
-        while True:
-            items = _take_all(self.to_file)
-            records = [r for r in items if r is not _END]
-            try:
-                if records: self.file.write(''.join(json.dumps(r, allow_nan=False) + '\n' for r in records)); self.file.flush()
-            except Exception as e: self.error = self.error or e
-            for r in records: self.to_sinks.put(r)
-            for _ in items: self.to_file.task_done()
-            if len(records) < len(items): self.to_sinks.put(_END); return
-
-    def _feed(self):
-        while True:
-            items = _take_all(self.to_sinks)
-            records = [r for r in items if r is not _END]
-            for cb in self.callbacks if self.error is None and records else ():
-                try: feed(cb, records)
-                except Exception as e: self.error = self.error or e
-            for _ in items: self.to_sinks.task_done()
-            if len(records) < len(items): return
-
     def _raise(self):
         if self.error is not None: e, self.error = self.error, None; raise e
 
@@ -196,6 +176,33 @@ class QueuedWriter:
         self._raise()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
+
+# %% ../nbs/07a_records.ipynb #53785c84
+@patch
+def _write(self:QueuedWriter):
+    "The file's thread: write and flush what is waiting, then pass it on to the sinks' thread."
+    while True:
+        items = _take_all(self.to_file)
+        records = [r for r in items if r is not _END]
+        try:
+            if records: self.file.write(''.join(json.dumps(r, allow_nan=False) + '\n' for r in records)); self.file.flush()
+        except Exception as e: self.error = self.error or e
+        for r in records: self.to_sinks.put(r)
+        for _ in items: self.to_file.task_done()
+        if len(records) < len(items): self.to_sinks.put(_END); return
+
+
+@patch
+def _feed(self:QueuedWriter):
+    "The sinks' thread: hand each callback everything waiting at once."
+    while True:
+        items = _take_all(self.to_sinks)
+        records = [r for r in items if r is not _END]
+        for cb in self.callbacks if self.error is None and records else ():
+            try: feed(cb, records)
+            except Exception as e: self.error = self.error or e
+        for _ in items: self.to_sinks.task_done()
+        if len(records) < len(items): return
 
 # %% ../nbs/07a_records.ipynb #c018
 class Series:
