@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from .config import RunConfig
 from .dashboard import Dashboard
+from .records import MetricsWriter
 from .train import Run, run_config
 
 # %% ../nbs/08a_background.ipynb #c004
@@ -51,9 +52,13 @@ class RunHandle:
 
     def _failed(self, e):
         "Write the failure into metrics.jsonl (so that the run's folder tells it), and close the log."
-        if getattr(self.run, 'writer', None) is None: return
-        _call_quietly(self.run.log, 'event', event='failed', message=f'{type(e).__name__}: {e}')
-        _call_quietly(self.run.writer.close)
+        w = getattr(self.run, 'writer', None)
+        if w is None: return
+        _call_quietly(w.close, quiet=True)  # the run drained and closed it already, as a run that raises does; then one line more:
+        fields = dict(step=self.run.step, epoch=self.run.epoch, event='failed', message=f'{type(e).__name__}: {e}')
+        def write():
+            with MetricsWriter(w.path, w.callbacks) as m: m.log('event', **fields)
+        _call_quietly(write)
 
     @property
     def done(self) -> bool: return self._finished

@@ -43,7 +43,7 @@ _positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
 def config_help() -> dict:
     "RunConfig's field comments, by field name: the help text of each flag."
     out = {}
-    for line in inspect.getsource(RunConfig).splitlines():
+    for line in (l for cls in RunConfig.__mro__ if dataclasses.is_dataclass(cls) for l in inspect.getsource(cls).splitlines()):
         m = re.match(r"^    (\w+): [^#]*?#\s?(.*)$", line)
         if m: out[m.group(1)] = m.group(2).strip()
     return out
