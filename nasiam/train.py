@@ -285,10 +285,10 @@ def _check_weights(self:Run):
 @patch
 def save(self:Run):
     "checkpoint.pt, atomically, with finite steps and weights only."
-    self.checkpoint_requested = False
     self.nonfinite.check(self.log)
     self._check_weights()
     if self.main: self.writer.flush(); atomic_save(self.state(), self.out / 'checkpoint.pt')  # the records up to this step are in the file first
+    self.checkpoint_requested = False  # a request is answered once the file is there
 
 @patch
 def save_weights(self:Run, name:str, **fields):

@@ -86,6 +86,7 @@ def test_dashboard_buttons_checkpoint_and_stop_a_run(tmp_path, digits):
     assert dash.note.startswith('checkpoint written') and h.status == 'running', (dash.note, h.status)
     written = load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')['step']
     assert 0 < written < h.run.steps_per_epoch  # mid-epoch: the button's checkpoint, not an epoch's
+    while len(dash.pace) < 2 and time.monotonic() < deadline: time.sleep(0.05)  # images/s needs two step records
     dash.refresh()
     assert 'data-state="running"' in dash.status_line.value and 'images/s' in dash.status_line.value and 'left' in dash.status_line.value
     dash.buttons['stop'].click()
