@@ -287,7 +287,8 @@ def save(self:Run):
     "checkpoint.pt, atomically, with finite steps and weights only."
     self.nonfinite.check(self.log)
     self._check_weights()
-    if self.main: self.writer.flush(); atomic_save(self.state(), self.out / 'checkpoint.pt')  # the records up to this step are in the file first
+    stateful = any(handles(h, 'state_dict') for h in self._on['on_record'])  # a sink whose state is saved (a tracker's run id) has seen them too
+    if self.main: self.writer.flush(sinks=stateful); atomic_save(self.state(), self.out / 'checkpoint.pt')  # the records up to this step are in the file first
     self.checkpoint_requested = False  # a request is answered once the file is there
 
 @patch
