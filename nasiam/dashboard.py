@@ -36,12 +36,13 @@ def _same_traces(widget: go.FigureWidget, fig: go.Figure) -> bool:
 
 def _sync(widget: go.FigureWidget, fig: go.Figure):
     "Make `widget` show `fig` (same traces), updating in place only the trace and layout properties that changed."
-    layout = fig.layout.to_plotly_json()
+    # compared on the objects' own property dicts (`_props`), not on `to_plotly_json()`'s deep copies: a refresh's largest cost
+    layout = dict(fig.layout._props)
     layout.pop('template', None)
-    old_layout = widget.layout.to_plotly_json()
+    old_layout = widget.layout._props
     with widget.batch_update():
         for w, f in zip(widget.data, fig.data):
-            if change := _changed(w.to_plotly_json(), f.to_plotly_json()): w.update(change)
+            if change := _changed(w._props, f._props): w.update(change)
         for key in ('shapes', 'annotations'):  # replaced whole: a merge would keep stale items
             if old_layout.get(key, ()) != layout.get(key, ()): widget.layout[key] = layout.get(key, ())
             layout.pop(key, None)
@@ -164,7 +165,7 @@ class Dashboard:
                  history: RunHistory|None=None, # where records accumulate
                  alpha_scale: str='deviation', # colour of the heatmaps and atlas: 'deviation' from uniform, 'weight' or 'logit'
                  trajectory_scale: str='weight', # y of the trajectories: 'weight' or 'logit'
-                 busy: float|None=0.05, # most share of the time spent refreshing: after a refresh of r s, the next waits r / busy s (events excepted; None: no limit)
+                 busy: float|None=0.03, # most share of the time spent refreshing: after a refresh of r s, the next waits r / busy s (events excepted; None: no limit)
                 ):
         self.alpha_scale = check_choice('alpha_scale', alpha_scale, ALPHA_SCALES)
         self.trajectory_scale = check_choice('trajectory_scale', trajectory_scale, TRAJECTORY_SCALES)
@@ -172,6 +173,7 @@ class Dashboard:
         self.history = history or RunHistory()
         self.widgets, self.stamps, self.drawn, self.box, self.genotype_html = {}, {}, [], None, None
         self.pending, self.last_refresh, self.refreshes, self.busy, self.refresh_seconds = 0, time.monotonic(), 0, busy, 0.0
+        self.refresh_total, self.created = 0.0, time.monotonic() # all refreshes' seconds, against the dashboard's age (`elapsed`)
         self.pace = collections.deque(maxlen=20) # (step, time) of the latest step records: images/s and time left
         self.handle, self.controls, self.buttons, self.status_line, self.note = None, None, {}, None, ''
         self._lock = threading.RLock() # records come from the run's thread, clicks from the kernel's
@@ -195,6 +197,9 @@ class Dashboard:
         rested = self.busy is None or since >= self.refresh_seconds / self.busy  # coalesced: refreshes take at most `busy` of the time
         if 'event' in kinds or (rested and (due_steps or due_time or kinds & {'epoch', 'eval', 'config'})): self.refresh()
 
+    @property
+    def elapsed(self) -> float: return time.monotonic() - self.created # seconds since the dashboard was made
+
     def refresh(self):
         "Bring the widgets up to date with the records seen so far."
         import ipywidgets as W
@@ -208,6 +213,7 @@ class Dashboard:
             header = [self.status_line, *([self.controls] if self.controls else []), self.genotype_html]
             if added or list(self.box.children[:len(header)]) != header: self.box.children = [*header, *(self.widgets[name] for name in makers)]
             self.pending, self.last_refresh, self.refreshes, self.refresh_seconds = 0, time.monotonic(), self.refreshes + 1, time.monotonic() - t
+            self.refresh_total += self.refresh_seconds
 
 # %% ../nbs/07c_dashboard.ipynb #4133f47a
 @patch
