@@ -220,16 +220,19 @@ def open(self:RunBrowser, run: str|None=None, # a run by name (default: the one 
 def arms_rows(rows: list[dict], # rows of results.csv
               params: list[str], # the sweep's parameter columns
              ) -> list[dict]:
-    "Per accuracy column and group of the other parameters: each arm's mean, std and seeds, and the searched arm's Welch p against it."
+    "Per accuracy column and group of the other parameters: each arm's mean, std and seeds; searched against it paired by seed (mean difference, 95% CI, paired t and Wilcoxon p, the difference detectable at 80% power) and unpaired (Welch p)."
     if 'heads' not in params or len({str(r.get('heads')) for r in rows}) < 2: return []
     metrics = [c for c in (rows[0] if rows else {}) if ACCURACY_COLUMN.search(c) and not c.startswith(('val_', 'best_', 'random_init'))]
     out = []
     for m in metrics:
         for cmp in arm_comparisons(rows, params, m):
             for arm, s in cmp['arms'].items():
-                t = cmp['tests'].get(arm)
-                out.append(dict(metric=m, group=cmp['group'], heads=arm, mean=s['mean'], std=s['std'], seeds=s['n'],
-                                searched_minus_this=t['diff'] if t else None, p=t['p'] if t else None))
+                t, pt = cmp['tests'].get(arm), cmp['paired'].get(arm)
+                diff = pt['diff'] if pt else t['diff'] if t else None
+                out.append(dict(metric=m, group=cmp['group'], heads=arm, mean=s['mean'], std=s['std'], seeds=s['n'], searched_minus_this=diff,
+                                ci95=f"[{pt['ci'][0]:+.2f}, {pt['ci'][1]:+.2f}]" if pt else None, paired_p=pt['p'] if pt else None,
+                                wilcoxon_p=pt['wilcoxon_p'] if pt else None, detectable=pt['mdd'] if pt else t.get('mdd') if t else None,
+                                welch_p=t['p'] if t else None))
     return out
 
 @patch
@@ -248,5 +251,6 @@ def _sweep_widgets(self:RunBrowser):
     draw()
     arms = arms_rows(self.results, params)
     return W.VBox([W.HTML('<b>Sweep: results.csv</b>'), W.HBox([self.results_sort, self.results_descending]), self.results_table,
-                   W.HTML('<b>Per arm</b> (mean ± std over seeds; p: Welch\'s test of searched against the arm)' + rows_html(arms, css='nasiam-arms')
+                   W.HTML('<b>Per arm</b> (mean ± std over seeds; searched − this arm paired by seed: 95% CI, paired t and Wilcoxon p, '
+                          'the difference detectable at 80% power; welch_p unpaired)' + rows_html(arms, css='nasiam-arms')
                           if arms else '<i>no per-arm summary: the sweep does not vary heads</i>')])
