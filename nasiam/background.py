@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 from .config import RunConfig
 from .dashboard import Dashboard
-from .records import MetricsWriter
 from .train import Run, run_config
 
 # %% ../nbs/08a_background.ipynb #c004
@@ -42,23 +41,12 @@ class RunHandle:
     def _fit(self):
         try: self.result = self.run.fit()
         except BaseException as e:
-            self.error = e
-            self._failed(e)
+            self.error = e  # the run wrote its 'failed' event into metrics.jsonl before raising
         finally:
             with _lock:
                 if _running.get(self._key) is self: _running.pop(self._key)
                 self._finished, ends = True, list(self._on_end)
             for fn in ends: _call_quietly(fn, self)
-
-    def _failed(self, e):
-        "Write the failure into metrics.jsonl (so that the run's folder tells it), and close the log."
-        w = getattr(self.run, 'writer', None)
-        if w is None: return
-        _call_quietly(w.close, quiet=True)  # the run drained and closed it already, as a run that raises does; then one line more:
-        fields = dict(step=self.run.step, epoch=self.run.epoch, event='failed', message=f'{type(e).__name__}: {e}')
-        def write():
-            with MetricsWriter(w.path, w.callbacks) as m: m.log('event', **fields)
-        _call_quietly(write)
 
     @property
     def done(self) -> bool: return self._finished

@@ -329,8 +329,11 @@ def fit(self:Run) -> dict:
             while self.epoch < self.c.epochs: self._epoch()
         except StopRun as e: self.save(); return self.finish(str(e) or 'stop requested')
         return self.finish()
-    except BaseException:  # the records so far reach the file and the sinks; the run's own error is the one raised
-        if self.writer: self.writer.close(quiet=True)
+    except BaseException as e:  # the records so far and a 'failed' event reach the file and the sinks; the run's own error is the one raised
+        if self.writer:
+            try: self.log('event', event='failed', message=f'{type(e).__name__}: {e}'.rstrip(': '))
+            except Exception: pass  # a writer that cannot write any more: the error raised below says what happened
+            self.writer.close(quiet=True)
         raise
 
 @patch
