@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason='chromium not on PATH 
 LIVE_NOTEBOOK_CELLS = [
     "from nasiam.train import search\n"
     "from nasiam.dashboard import Dashboard",
-    "dash = Dashboard(live=True, every_steps=1, every_seconds=1.0).show()\n"
+    "dash = Dashboard(live=True, every_steps=1, every_seconds=1.0, busy=None).show()  # busy=None: every due refresh (what reaches the page is tested, not the pacing)\n"
     "res = search(out='runs/live', epochs=1, batch_size=64, dataset='digits', backbone='resnet_mini', device='cpu',\n"
     "             log_every=1, knn_k=20, force=True, callbacks=[dash], progress=False)\n"
     "print('run finished', res['genotype'])",
@@ -267,7 +267,7 @@ WORKBENCH_CELLS = [
     "class Pace(Hook):\n"
     "    'Waits after each step: a run of a few steps lasts long enough to click in (its numbers are unchanged).'\n"
     "    def after_step(self, run, step): time.sleep(10)",
-    "dash = Dashboard(live=True, every_steps=1, every_seconds=1.0).show()\n"
+    "dash = Dashboard(live=True, every_steps=1, every_seconds=1.0, busy=None).show()  # every due refresh: the steps are 10 s apart\n"
     "h = start_search(out='runs/bg', callbacks=[dash], hooks=[Pace()], **FAST)",
     "print('second cell ran while the search was', h.status)",
     "shutil.copytree('runs/bg', 'runs/stopped')  # the stopped run, kept for the run browser\n"

@@ -99,3 +99,26 @@ def test_follow_a_run_being_written(tmp_path):
 
 def test_follow_times_out_without_end(tmp_path):
     assert Dashboard(live=False).follow(tmp_path, poll_seconds=0.05, timeout=0.2, block=True) is False
+
+
+class _SlowRefresh(Dashboard):
+    "A live dashboard whose refresh takes 20 ms and draws nothing: only the pacing of `on_records` is under test."
+    def refresh(self):
+        t = time.monotonic(); time.sleep(0.02)
+        self.pending, self.last_refresh, self.refreshes = 0, time.monotonic(), self.refreshes + 1
+        self.refresh_seconds = time.monotonic() - t; self.refresh_total += self.refresh_seconds
+
+
+@pytest.mark.parametrize('busy', [None, 0.2])
+def test_refreshes_take_at_most_their_share_of_the_time(busy):
+    dash = _SlowRefresh(live=True, every_steps=1, every_seconds=None, busy=busy)
+    dash.on_records([dict(kind='config', step=0)])
+    t0, step = time.monotonic(), 0
+    while time.monotonic() - t0 < 1.0:  # a step record every 5 ms for a second, each one due a refresh
+        step += 1; dash.on_records([dict(kind='step', step=step, loss=0.0, time=time.time())]); time.sleep(0.005)
+    share = dash.refresh_total / dash.elapsed
+    if busy is None: assert dash.refreshes == step + 1 and share > 0.5  # every due refresh
+    else: assert 2 <= dash.refreshes <= 1 + 1.0 * busy / 0.02 + 1 and share <= busy * 1.5, (dash.refreshes, share)
+    before = dash.refreshes
+    dash.on_records([dict(kind='event', step=step, event='end', message='run finished')])  # events refresh at once, rested or not
+    assert dash.refreshes == before + 1
