@@ -14,20 +14,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's nasiam, not an installed one
-os.chdir(REPO)  # nbdev reads settings.ini from here
 
 from execnb.nbio import read_nb, mk_cell
-from fastcore.docments import docments, _show_param, qual_name, _unwrap_sym
+from fastcore.docments import docments, qual_name
 from nbconvert import HTMLExporter
 from traitlets.config import Config
 from nbdev.config import get_config
 from nbdev.process import NBProcessor, Processor
-from nbdev.processors import FilterDefaults, exec_show_docs, _show_docs
+from nbdev.processors import FilterDefaults, exec_show_docs
 from nbformat import from_dict
 from pygments.formatters import HtmlFormatter
 
-CFG = get_config()
-OUT = CFG.config_path / CFG.doc_path.name if CFG.doc_path.is_absolute() else REPO / CFG.doc_path
+CFG = get_config(path=REPO)
+OUT = CFG.doc_path  # _docs/, as nbdev_docs writes it
 SITE_URL = f"{CFG.doc_host.rstrip('/')}{CFG.doc_baseurl.rstrip('/')}/"  # add_links points API names here
 
 
@@ -38,6 +37,23 @@ def _cell(s) -> str:
 
 def _anno(a) -> str:
     return '' if a is inspect.Parameter.empty else inspect.formatannotation(a).strip("'")
+
+def _param(p: inspect.Parameter) -> str:
+    "A parameter as the signature shows it: `name:type=default`, `*args`, `**kwargs`."
+    star = {p.VAR_POSITIONAL: '*', p.VAR_KEYWORD: '**'}.get(p.kind, '')
+    anno = '' if p.annotation is p.empty else f":{_anno(p.annotation).replace(' ', '')}"
+    default = '' if p.default is p.empty else f"={getattr(p.default, '__name__', None) if inspect.isfunction(p.default) else repr(p.default)}"
+    return f"{star}{p.name}{anno}{default}"
+
+def _unwrap(sym):
+    "What a decorated function or a property documents: the wrapped function, the getter."
+    if not hasattr(sym, '__signature__'): sym = getattr(sym, '__wrapped__', sym)
+    return getattr(sym, 'fget', None) or sym
+
+def _show_doc_calls(tree) -> list:
+    "The `show_doc(...)` expressions of a cell."
+    return [t for t in tree if isinstance(t, ast.Expr) and isinstance(t.value, ast.Call)
+            and getattr(t.value.func, 'id', None) == 'show_doc']
 
 def _source_url(sym) -> str | None:
     try:
@@ -52,14 +68,14 @@ def _signature(sym, nm: str) -> str | None:
     ps = [p for i, p in enumerate(sig.parameters.values()) if not (i == 0 and p.name in ('self', 'cls'))]
     ret = sig.return_annotation
     ret = '' if ret is inspect.Signature.empty or (inspect.isclass(sym) and ret in (None, 'None')) else f" -> {_anno(ret)}"
-    one = f"{nm}({', '.join(_show_param(p) for p in ps)}){ret}"
+    one = f"{nm}({', '.join(_param(p) for p in ps)}){ret}"
     if len(one) <= 100: return one
-    return f"{nm}(\n" + ''.join(f"    {_show_param(p)},\n" for p in ps) + f"){ret}"
+    return f"{nm}(\n" + ''.join(f"    {_param(p)},\n" for p in ps) + f"){ret}"
 
 def _docments_table(sym) -> str:
     "The docments as a table (parameter, type, default, details), or '' when no parameter has one."
     try: dm = docments(sym, full=True, eval_str=True)
-    except Exception: return ''
+    except (TypeError, OSError, ValueError, SyntaxError): return ''  # no Python source (a builtin, a C extension)
     if not any(v.get('docment') for v in dm.values()): return ''
     rows = ['| | **Type** | **Default** | **Details** |', '|---|---|---|---|']
     for k, v in dm.items():
@@ -74,7 +90,7 @@ def _docments_table(sym) -> str:
 
 def api_entry(sym, renderer=None, name: str | None = None, title_level: int = 3) -> str:
     "Markdown for one API entry, in place of nbdev's `show_doc` (same arguments): name, signature, docstring, docments."
-    sym = _unwrap_sym(sym)
+    sym = _unwrap(sym)
     nm = name or qual_name(sym)
     h, anchor = f"h{title_level}", html.escape(nm.lower(), quote=True)
     md = [f'<{h} id="{anchor}" class="doc-name"><a href="#{anchor}">{html.escape(nm)}</a></{h}>']
@@ -82,8 +98,7 @@ def api_entry(sym, renderer=None, name: str | None = None, title_level: int = 3)
     if src: md[0] = f'<a class="doc-source" href="{html.escape(src, quote=True)}">source</a>\n' + md[0]
     sig = _signature(sym, nm)
     if sig: md.append(f"```python\n{sig}\n```")
-    doc = inspect.getdoc(sym) if (inspect.isfunction(sym) or inspect.isclass(sym) or inspect.ismethod(sym)
-                                  or isinstance(sym, property) or callable(sym)) else None
+    doc = inspect.getdoc(sym) if callable(sym) else None  # a plain value's docstring would be its type's
     if doc: md.append(doc)
     tbl = _docments_table(sym)
     if tbl: md.append(tbl)
@@ -100,7 +115,7 @@ class show_docs_from_module(Processor):
 
     def __call__(self, cell):
         if cell.cell_type != 'code' or not cell.get('source'): return
-        calls = _show_docs(cell.parsed_())
+        calls = _show_doc_calls(cell.parsed_())
         if not calls: return
         outs = []
         for t in calls:
@@ -135,7 +150,7 @@ def split_title_cell(nb):
 def process(path: Path):
     "A notebook through nbdev's doc processors: (front matter, cells to show as nbformat cells)."
     nb = read_nb(path)
-    nb.path_ = path.relative_to(REPO)
+    nb.path_ = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
     split_title_cell(nb)
     procs = [show_docs_from_module if p is exec_show_docs else p for p in FilterDefaults().procs()]
     NBProcessor(nb=nb, procs=procs).process()
@@ -222,6 +237,7 @@ def localise(body: str, src_nb: Path, pages: dict[str, str], out: Path) -> str:
     return _re_attr.sub(fix, body)
 
 def main():
+    os.chdir(REPO)  # nbdev's processors read settings.ini from the working directory
     nbs = sorted(CFG.nbs_path.glob('*.ipynb'))
     nbs.sort(key=lambda p: p.stem != 'index')  # the index first, then the notebooks in their order
     done = [(p, *process(p)) for p in nbs]
