@@ -120,9 +120,11 @@ class MlflowTracker(Tracker):
 
 # %% ../nbs/07h_trackers.ipynb #a8312a70
 def tracker_hooks(out:str|Path, # the run directory
-                  wandb:bool=False, mlflow:bool=False, # the trackers asked for
+                  wandb:bool=False, # a W&B run
+                  mlflow:bool=False, # an MLflow run
                   project:str='nasiam', # the W&B project and MLflow experiment
-                  mlflow_uri:str|None=None) -> list: # MLflow's tracking URI
+                  mlflow_uri:str|None=None, # MLflow's tracking URI
+                 ) -> list: # the hooks, to give to the run
     "The tracker hooks a run asks for; a tracker whose package is missing is refused here, before anything is written."
     hooks = []
     if wandb: check_tracker('wandb'); hooks.append(WandbTracker(out, project))
