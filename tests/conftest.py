@@ -1,4 +1,4 @@
-import os
+import os, shutil
 from pathlib import Path
 import pytest
 
@@ -50,3 +50,22 @@ def cli(*args):
         try: code = main([str(a) for a in args])
         except SystemExit as e: code = e.code
     return code, out.getvalue(), err.getvalue()
+
+
+# Headless Debian Chromium through playwright (never a downloaded browser), loopback only: the browser tests' common part.
+CHROMIUM = shutil.which('chromium')
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync']
+try: from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
+except ImportError: PlaywrightTimeout = sync_playwright = None
+NEEDS_BROWSER = [pytest.mark.skipif(CHROMIUM is None, reason='chromium not on PATH (apt-get install chromium)'),
+                 pytest.mark.skipif(sync_playwright is None, reason='python package playwright not installed')]
+
+
+@pytest.fixture(scope='module')
+def browser():
+    "A headless Chromium for the module's tests."
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

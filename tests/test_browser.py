@@ -12,13 +12,8 @@ from nasiam.records import MetricsWriter, read_metrics, write_demo_run
 from nasiam.train import search
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which('chromium')
-ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync']
-try: from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
-except ImportError: sync_playwright = None
-pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason='chromium not on PATH (apt-get install chromium)'),
-              pytest.mark.skipif(sync_playwright is None, reason='python package playwright not installed')]
+from conftest import CHROMIUM, CHROMIUM_ARGS as ARGS, NEEDS_BROWSER, PlaywrightTimeout, sync_playwright
+pytestmark = NEEDS_BROWSER
 
 # The notebook run live in JupyterLab: a live Dashboard drawn while a short real CPU search writes its records.
 LIVE_NOTEBOOK_CELLS = [
@@ -37,14 +32,6 @@ def notebook(sources: list[str]) -> dict:
              for i, src in enumerate(sources)]
     return dict(cells=cells, metadata=dict(kernelspec=dict(name='python3', display_name='Python 3 (ipykernel)', language='python')),
                 nbformat=4, nbformat_minor=5)
-
-
-@pytest.fixture(scope='module')
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 # _fullData: the traces as Plotly drew them (numpy arrays arrive base64-encoded in `data`, decoded in `_fullData`)

@@ -8,14 +8,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)  # the environment running the tests: its nbdev and nbconvert, and its quarto when installed
-CHROMIUM = shutil.which('chromium')
-ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync']
-try: from playwright.sync_api import sync_playwright
-except ImportError: sync_playwright = None
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason='chromium not on PATH (apt-get install chromium)'),
-              pytest.mark.skipif(sync_playwright is None, reason='python package playwright not installed')]
+from conftest import NEEDS_BROWSER
+pytestmark = [pytest.mark.slow, *NEEDS_BROWSER]
 
 
 @pytest.fixture(scope='module')
@@ -31,14 +25,6 @@ def site(tmp_path_factory) -> Path:
     assert (copy / 'README.md').read_text() == readme  # the README stays the project's own
     assert {q: q.read_bytes() for q in (copy / 'nbs').rglob('*.ipynb')} == nbs  # the notebooks are left as they were
     return copy / '_docs'
-
-
-@pytest.fixture(scope='module')
-def browser():
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def offline_page(browser):
