@@ -256,7 +256,8 @@ def weight_step(self:Run, batch) -> dict:
     self.w_opt.zero_grad(set_to_none=True)
     self.scaler.scale(loss).backward()
     finite = torch.isfinite(loss.detach())
-    self.nonfinite.step_if(finite, self.w_opt, lambda: self.scaler.step(self.w_opt)); self.scaler.update(); self.w_sched.step()
+    self.nonfinite.step_if(finite, self.w_opt, lambda: self.scaler.step(self.w_opt), own_found_inf=not self.scaler.is_enabled())  # fp16's scaler sets found_inf itself
+    self.scaler.update(); self.w_sched.step()
     for a in self.alphas: a.grad = None  # the weight step's alpha gradients are not used
     self.nonfinite.flag('weight', self.step + 1, self.epoch + 1, finite, loss)
     return out

@@ -103,4 +103,5 @@ def test_an_error_drains_the_records(tmp_path, digits):
                   precision='fp32', knn_every=0, log_every=1)
     with pytest.raises(KeyError, match='planted'): Run(c, tmp_path / 'run', progress=False, data=digits, callbacks=[seen.append], hooks=[Fail()]).fit()
     records = read_metrics(tmp_path / 'run' / 'metrics.jsonl')
-    assert records[-1]['message'] == 'before the error' and seen == records
+    assert records[-2]['message'] == 'before the error' and seen == records
+    assert (records[-1]['event'], records[-1]['message']) == ('failed', "KeyError: 'planted'")  # the run says why it ended
