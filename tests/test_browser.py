@@ -5,9 +5,11 @@ Needs Chromium (Debian package `chromium`) and the Python `playwright` package; 
 import contextlib, io, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
+import torch
 
 from nasiam.cli import main as nasiam_main
 from nasiam.dashboard import write_report
+from nasiam.evaluate import feature_map, feature_map_record
 from nasiam.records import MetricsWriter, read_metrics, write_demo_run
 from nasiam.train import search
 
@@ -67,7 +69,7 @@ def open_report(browser, report: Path, n_plots: int, screenshot: Path) -> list:
     return plots
 
 
-N_PLOTS = 11  # 2 cells x (heatmap, margins, trajectories, atlas), loss, collapse, accuracy
+N_PLOTS = 11  # 2 cells x (heatmap, margins, trajectories, atlas), loss, collapse, accuracy (a search: no feature map)
 
 # As Plotly drew them: per heatmap and per atlas, the colour range and the data's min and max; per trajectory
 # subplot, the y range and the data's min and max.
@@ -107,9 +109,33 @@ def check_scales(page, ratio: float=5.0) -> list:
     return drawn
 
 
+# Per feature map drawn: its title, its subplots' titles, its traces, and the markers drawn in the page's SVG.
+FEATURE_MAP_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .filter(el => ((el._fullLayout.title && el._fullLayout.title.text) || '').startsWith('feature map'))
+    .map(el => ({title: el._fullLayout.title.text, subplots: (el._fullLayout.annotations || []).map(a => a.text),
+                 traces: el._fullData.map(t => ({type: t.type, mode: t.mode, name: t.name, n: t.x.length, legend: t.showlegend})),
+                 markers: el.querySelectorAll('.scatterlayer .point').length}))"""
+
+
 def test_report_renders(tmp_path, browser):
-    with MetricsWriter(tmp_path / 'metrics.jsonl') as w: write_demo_run(w, epochs=2, steps_per_epoch=50)
-    open_report(browser, write_report(tmp_path), N_PLOTS, tmp_path / 'report.png')
+    "The demo search's figures, and a feature map of 3 classes: its two maps drawn with every point, a legend entry per class."
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(30)
+    fmap = feature_map(torch.randn(3, 16, generator=g)[labels] * 3 + torch.randn(90, 16, generator=g), labels, max_points=60)
+    with MetricsWriter(tmp_path / 'metrics.jsonl') as w:
+        write_demo_run(w, epochs=2, steps_per_epoch=50)
+        w.log('feature_map', step=100, epoch=2, **feature_map_record(fmap, ['cat', 'dog', 'owl'], images=90))
+    report = write_report(tmp_path)
+    open_report(browser, report, N_PLOTS + 1, tmp_path / 'report.png')
+    page = browser.new_page(viewport=dict(width=1300, height=1000))
+    page.goto(report.as_uri())
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {N_PLOTS + 1}", timeout=30_000)
+    [drawn] = page.evaluate(FEATURE_MAP_JS)
+    assert drawn['title'].startswith('feature map: 60 of 90 held-out images (val), by label'), drawn
+    assert drawn['subplots'][0].startswith('PCA (') and drawn['subplots'][1] == 't-SNE (perplexity 19.7)', drawn
+    assert [(t['type'], t['mode'], t['name'], t['legend']) for t in drawn['traces']] == \
+        [('scatter', 'markers', name, first) for first in (True, False) for name in ('cat', 'dog', 'owl')], drawn
+    assert [t['n'] for t in drawn['traces']] == [20] * 6 and drawn['markers'] == 120, drawn  # every point of both maps is on the page
 
 
 @pytest.mark.slow
