@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import check_choice
+from .checks import check_choice, check_int
 from .data import eval_transform
 
 # %% ../nbs/06_evaluate.ipynb #c005
@@ -183,7 +183,8 @@ def feature_map(features:torch.Tensor, # N x D features
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     for m in methods: check_choice('feature map method', m, MAP_METHODS)
-    features = torch.as_tensor(features)
+    check_int('max_points', max_points, low=1)
+    features = torch.as_tensor(features).detach().cpu()
     if features.dim() != 2 or len(features) != len(labels):
         raise ValueError(f"feature_map needs N x D features and N labels, got features of shape {tuple(features.shape)} and {len(labels)} labels")
     rows = map_rows(labels, max_points, seed)
