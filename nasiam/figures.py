@@ -306,8 +306,9 @@ def feature_map_figure(history: RunHistory, # the run so far
             fig.add_trace(go.Scatter(x=xy[at, 0], y=xy[at, 1], mode='markers', name=names[k], legendgroup=names[k], showlegend=col == 1,
                                      marker=dict(size=5, color=palette[k]), hovertemplate=f'{names[k]}<extra></extra>'), row=1, col=col)
     fig.update_xaxes(showticklabels=False); fig.update_yaxes(showticklabels=False)
-    of = f" of {r['images']}" if r.get('images') else ''
-    fig.update_layout(title=dict(text=f"feature map: {r.get('points', len(labels))}{of} held-out images ({r.get('split', 'val')}), by label<br>"
+    points = r.get('points', len(labels))
+    of = f" of {r['images']}" if r.get('images') and r['images'] != points else ''  # drawn from more, or all of them
+    fig.update_layout(title=dict(text=f"feature map: {points}{of} held-out images ({r.get('split', 'val')}), by label<br>"
                                       f"<sub>the backbone's features at step {r.get('step')}, L2-normalised</sub>"),
                       height=480, margin=dict(t=115, b=30), legend=dict(title='class', itemsizing='constant'))
     return fig

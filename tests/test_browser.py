@@ -2,7 +2,7 @@
 
 Needs Chromium (Debian package `chromium`) and the Python `playwright` package; no downloaded browsers.
 """
-import contextlib, io, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import contextlib, dataclasses, io, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 import torch
@@ -11,7 +11,7 @@ from nasiam.cli import main as nasiam_main
 from nasiam.dashboard import write_report
 from nasiam.evaluate import feature_map, feature_map_record
 from nasiam.records import MetricsWriter, read_metrics, write_demo_run
-from nasiam.train import search
+from nasiam.train import pretrain, search
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which('chromium')
@@ -136,6 +136,22 @@ def test_report_renders(tmp_path, browser):
     assert [(t['type'], t['mode'], t['name'], t['legend']) for t in drawn['traces']] == \
         [('scatter', 'markers', name, first) for first in (True, False) for name in ('cat', 'dog', 'owl')], drawn
     assert [t['n'] for t in drawn['traces']] == [20] * 6 and drawn['markers'] == 120, drawn  # every point of both maps is on the page
+
+
+def test_report_of_a_real_pretraining_draws_its_feature_map(tmp_path, browser, digits):
+    "A short digits pretraining: its report's last figure is the map of its 40 held-out images, both maps drawn with every point."
+    small = dataclasses.replace(digits, train_images=digits.train_images[:400], train_labels=digits.train_labels[:400])
+    pretrain(out=tmp_path / 'pre', epochs=1, batch_size=128, dataset='digits', backbone='resnet_mini', device='cpu', precision='fp32',
+             knn_k=20, progress=False, data=small)
+    page = browser.new_page(viewport=dict(width=1300, height=1000))
+    page.route(lambda url: not url.startswith('file:'), lambda route: route.abort())
+    page.goto((tmp_path / 'pre' / 'report.html').as_uri())
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=30_000)  # loss, collapse, accuracy, map
+    [drawn] = page.evaluate(FEATURE_MAP_JS)
+    page.screenshot(path=tmp_path / 'pretrain_report.png', full_page=True)
+    assert drawn['title'].startswith('feature map: 40 held-out images (val), by label')  # all of them: under the cap, drawn
+    assert [t['name'] for t in drawn['traces']] == [str(k) for k in range(10)] * 2, drawn  # a legend entry per digit
+    assert sum(t['n'] for t in drawn['traces']) == 80 and drawn['markers'] == 80, drawn
 
 
 @pytest.mark.slow
