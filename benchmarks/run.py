@@ -485,6 +485,25 @@ def bench_loader(args, device, rows, res, tmp):
         f"({res['stream_speedup']:.2f}x), in memory {res['memory_images_per_s']:.0f} images/s")
 
 
+# -- feature map -----------------------------------------------------------------------------------------
+def bench_featuremap(args, device, rows, res, tmp=None):
+    "Seconds of the feature map a pretraining ends with, at its default cap: PCA and t-SNE of 512-d features in 10 clusters, and its figure."
+    from nasiam.evaluate import feature_map, feature_map_record
+    from nasiam.figures import feature_map_figure
+    from nasiam.records import RunHistory
+    points = RunConfig().feature_map_points
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(points // 10)
+    feats = torch.randn(10, 512, generator=g)[labels] + 2 * torch.randn(len(labels), 512, generator=g)  # overlapping clusters, like a short pretraining's
+    feature_map(feats[:50], labels[:50])  # imports scikit-learn's PCA and t-SNE outside the timings
+    m = feature_map(feats, labels, max_points=points)
+    history = RunHistory.from_records([dict(kind='feature_map', step=0, epoch=0, time=0.0, **feature_map_record(m, images=len(labels)))])
+    t = time.perf_counter(); feature_map_figure(history).to_html(include_plotlyjs=False); figure_s = time.perf_counter() - t
+    res['feature_map'] = dict(points=len(m['rows']), dim=feats.shape[1], pca_s=m['seconds']['pca'], tsne_s=m['seconds']['tsne'],
+                              figure_ms=1000 * figure_s, threads=torch.get_num_threads())
+    log(f"  feature map of {len(m['rows'])} points: PCA {m['seconds']['pca']:.2f} s, t-SNE {m['seconds']['tsne']:.2f} s, figure {1000 * figure_s:.0f} ms")
+
+
 # -- report ---------------------------------------------------------------------------------------------
 def table(rows, res):
     lines = [f"device: {res['device']}  (torch {res['torch']}, {res['threads']} threads, precision {res.get('precision', '?')})",
@@ -506,6 +525,9 @@ def table(rows, res):
         d = res['dashboard']
         lines.append(f"  dashboard              {d['figures']} figures, {d['snapshots']} snapshots per cell: refresh {d['refresh_ms_best']:.0f} ms best, "
                      f"{d['refresh_ms_median']:.0f} ms median; building them {d['figures_ms_best']:.0f} ms; report.html {d['report_ms']:.0f} ms")
+    if 'feature_map' in res:
+        f = res['feature_map']
+        lines.append(f"  feature map            {f['points']} points x {f['dim']}: PCA {f['pca_s']:.2f} s, t-SNE {f['tsne_s']:.2f} s, figure {f['figure_ms']:.0f} ms")
     if 'stream_speedup' in res:
         lines.append(f"  {'stream_speedup_center':<22} {res['stream_speedup_center']:6.2f}  (stream / ImageFolder, centred 32 px squares); "
                      f"in memory {res['memory_images_per_s']:.0f} images/s after {res['memory_load_s']:.1f} s of decoding")
@@ -517,7 +539,7 @@ def table(rows, res):
     for n in res['notes']: lines.append(f"note: {n}")
     return '\n'.join(lines)
 
-SECTIONS = (bench_peak, bench_augment, bench_fused, bench_steps, bench_compile, bench_strategies, bench_lightly, bench_dashboard, bench_loader)
+SECTIONS = (bench_peak, bench_augment, bench_fused, bench_steps, bench_compile, bench_strategies, bench_lightly, bench_dashboard, bench_featuremap, bench_loader)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -80,6 +80,7 @@ class RunConfig(RunSinks):
     knn_k: int = 200  # neighbours of the held-out kNN
     knn_every: int = 1  # epochs between held-out kNN measurements (0: never)
     online_probe_every: int = 0  # pretrain: steps between updates of an online linear probe on detached backbone features (0: none)
+    feature_map_points: int = 1000  # pretrain: held-out images in the 2-D maps (PCA, t-SNE) of the final backbone's features, for the report (0: no map)
     log_every: int = 10  # steps between step records
     monitor_every: int = 10  # steps between collapse measurements
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
@@ -123,7 +124,7 @@ CHOICES = {  # field -> its accepted values
 }
 
 POSITIVE_INTS = ('epochs', 'batch_size', 'knn_k', 'log_every', 'monitor_every', 'arch_steps', 'decision_patience', 'image_size')
-COUNTS = ('arch_warmup_epochs', 'knn_every', 'checkpoint_every', 'online_probe_every')  # zero allowed
+COUNTS = ('arch_warmup_epochs', 'knn_every', 'checkpoint_every', 'online_probe_every', 'feature_map_points')  # zero allowed
 NUMBERS = {  # field -> check_number's bounds (low, high, low_open, high_open); None values mean "the default" and pass
     'lr': (0, None, True, False), 'weight_decay': (0, None, False, False),
     'arch_lr': (0, None, True, False), 'arch_weight_decay': (0, None, False, False),

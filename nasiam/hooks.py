@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['EVENTS', 'StopRun', 'NonFiniteLoss', 'StepEnd', 'EpochEnd', 'skips_on_found_inf', 'NonFiniteSteps', 'Hook', 'handles',
            'hook_states', 'load_hook_states', 'CollapseMonitor', 'ranks_agree', 'log_alphas', 'SearchMonitor',
-           'HeldOutKNN', 'OnlineLinearProbe', 'tensorboard_writer_class', 'TensorBoard']
+           'HeldOutKNN', 'FeatureMap', 'OnlineLinearProbe', 'tensorboard_writer_class', 'TensorBoard']
 
 # %% ../nbs/07e_hooks.ipynb #c002
 import dataclasses
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 import torch.distributed as dist
 from .genotype import Genotype
-from .evaluate import eval_mode, extract_features, knn_accuracy, topk_accuracy
+from .evaluate import eval_mode, extract_features, knn_accuracy, topk_accuracy, feature_map, feature_map_record, map_rows
 from .metrics import CollapseDetector, collapse_metrics, grad_norm, alpha_entropy, DecisionTracker, decision_summary
 from .metrics import DECISION_LEVEL, DECISION_REPLAYS, SignFlipNull, layer_partitions
 from .files import atomic_write_text
@@ -239,7 +239,9 @@ def load_state_dict(self:SearchMonitor, state):
 # %% ../nbs/07e_hooks.ipynb #c022
 class HeldOutKNN(Hook):
     "Held-out kNN top-1 every `every` epochs and at the last, and best.pt."
-    def __init__(self, every:int, k:int, epochs:int): self.every, self.k, self.epochs, self.best_val = every, k, epochs, -1.0
+    def __init__(self, every:int, k:int, epochs:int):
+        self.every, self.k, self.epochs, self.best_val = every, k, epochs, -1.0
+        self.keep, self.kept = None, None # rows of the held-out split whose features a measurement keeps (a FeatureMap's), and (step, those features)
 
     @torch.no_grad()
     def measure(self, run) -> float:
@@ -247,6 +249,7 @@ class HeldOutKNN(Hook):
         d, embed = run.data.held_out, run.model.embed  # the run's own held-out split, or its eval_dir's
         bank = extract_features(embed, d.eval_images(d.fit_idx), d.mean, d.std, device=run.device)
         val = extract_features(embed, d.eval_images(d.val_idx), d.mean, d.std, device=run.device)
+        if self.keep is not None: self.kept = (run.step, val[self.keep])
         labels = d.train_labels
         return knn_accuracy(bank, labels[d.fit_idx], val, labels[d.val_idx], d.num_classes, self.k)['top1']
 
@@ -266,6 +269,36 @@ class HeldOutKNN(Hook):
         result['best_val_knn_top1'] = self.best_val if self.best_val >= 0 else None
     def state_dict(self): return dict(best_val=self.best_val)
     def load_state_dict(self, state): self.best_val = state.get('best_val', -1.0)
+
+# %% ../nbs/07e_hooks.ipynb #53809ff9
+class FeatureMap(Hook):
+    "At the run's end, 2-D maps (PCA, t-SNE) of the final backbone's features of at most `points` held-out images: a feature_map record."
+    def __init__(self, points:int=1000, # held-out images mapped
+                 seed:int=0, # the draw of the images, t-SNE's random state
+                 knn:HeldOutKNN|None=None, # the run's held-out kNN, whose last features are reused when they are the final backbone's
+                 perplexity:float=30.0): # t-SNE's perplexity
+        self.points, self.seed, self.knn, self.perplexity, self.rows = points, seed, knn, perplexity, None
+
+    def before_fit(self, run):
+        d = run.data.held_out
+        if d is None: return
+        self.rows = map_rows(d.train_labels[d.val_idx], self.points, self.seed)
+        if self.knn is not None: self.knn.keep = self.rows
+
+# %% ../nbs/07e_hooks.ipynb #1a617bb2
+@patch
+@torch.no_grad()
+def after_fit(self:FeatureMap, run, result):
+    if not run.main: return
+    d = run.data.held_out
+    if d is None: print("feature map: none, the run's images carry no labels", flush=True); return
+    if len(self.rows) < 4: print(f"feature map: none, the held-out split has {len(self.rows)} images (a map needs 4)", flush=True); return
+    kept = self.knn.kept if self.knn is not None else None
+    if kept is not None and kept[0] == run.step: feats = kept[1]
+    else: feats = extract_features(run.model.embed, d.eval_images(d.val_idx[self.rows]), d.mean, d.std, device=run.device)
+    m = feature_map(feats, d.train_labels[d.val_idx][self.rows], self.points, self.seed, perplexity=self.perplexity)
+    run.log('feature_map', **feature_map_record(m, getattr(d.data, 'classes', None), len(d.val_idx), 'val'))
+    print(f"feature map: {len(self.rows)} held-out images, " + ', '.join(f"{k} {s:.1f}s" for k, s in m['seconds'].items()), flush=True)
 
 # %% ../nbs/07e_hooks.ipynb #081dd3b9
 def _batch_labels(run, batch) -> torch.Tensor:

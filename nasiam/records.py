@@ -245,6 +245,7 @@ class RunHistory:
         self.genotypes, self.latest_genotype = [], None # (epoch, genotype) of the epoch records; the latest of any record
         self.epochs, self.events, self.evals, self.ended = [], [], [], False # ended: an `end` event was seen
         self.confidence, self.decided = {}, None # per-layer decision status of the latest epoch record that has one
+        self.feature_map = None # the latest feature_map record (2-D maps of held-out features, written at the run's end)
         self.n_records, self.last_step = 0, 0
 
     def add(self, record: dict):
@@ -265,6 +266,7 @@ class RunHistory:
             if record.get('confidence'): self.confidence, self.decided = record['confidence'], record.get('decided')
         elif kind == 'event': self.events.append(record); self.ended = self.ended or record.get('event') == 'end'
         elif kind == 'eval': self.evals.append(record)
+        elif kind == 'feature_map': self.feature_map = record
 
     @classmethod
     def from_records(cls, records, **kwargs):

@@ -22,7 +22,7 @@ from .config import RunConfig, validate, strategy_options
 from .frameworks import build_model, SiameseModel
 from .strategies import get_strategy
 from .hooks import (EVENTS, StopRun, NonFiniteLoss, NonFiniteSteps, StepEnd, EpochEnd, handles, hook_states, load_hook_states,
-                          CollapseMonitor, SearchMonitor, HeldOutKNN, TensorBoard, OnlineLinearProbe)
+                          CollapseMonitor, SearchMonitor, HeldOutKNN, TensorBoard, OnlineLinearProbe, FeatureMap)
 from .ops import NON_PARAMETRIC
 from .data import load_dataset
 from .loaders import ImageFiles, scan_imagefolder, center_crops, choose_loader, default_workers
@@ -150,11 +150,13 @@ def _build(self:Run):
 # %% ../nbs/08_train.ipynb #c016
 @patch
 def default_hooks(self:Run) -> list:
-    "The run's own hooks, from its config: collapse monitoring, the search's decisions, the held-out kNN."
+    "The run's own hooks, from its config: collapse monitoring, the search's decisions, the held-out kNN, a pretraining's feature map."
     c = self.c
     hooks = [CollapseMonitor(c.monitor_every)]
     if self.searching: hooks.append(SearchMonitor(c.decision_margin, c.decision_patience, c.derive, c.arch_warmup_epochs))
-    if c.knn_every: hooks.append(HeldOutKNN(c.knn_every, c.knn_k, c.epochs))
+    knn = HeldOutKNN(c.knn_every, c.knn_k, c.epochs) if c.knn_every else None
+    if knn is not None: hooks.append(knn)
+    if c.feature_map_points and not self.searching: hooks.append(FeatureMap(c.feature_map_points, c.seed, knn))  # reuses the kNN's last features
     return hooks + ([OnlineLinearProbe(c.online_probe_every, seed=c.seed)] if c.online_probe_every else [])
 
 @patch

@@ -2,14 +2,16 @@
 
 Needs Chromium (Debian package `chromium`) and the Python `playwright` package; no downloaded browsers.
 """
-import contextlib, io, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import contextlib, dataclasses, io, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
+import torch
 
 from nasiam.cli import main as nasiam_main
 from nasiam.dashboard import write_report
+from nasiam.evaluate import feature_map, feature_map_record
 from nasiam.records import MetricsWriter, read_metrics, write_demo_run
-from nasiam.train import search
+from nasiam.train import pretrain, search
 
 REPO = Path(__file__).resolve().parents[1]
 from conftest import CHROMIUM, CHROMIUM_ARGS as ARGS, NEEDS_BROWSER, PlaywrightTimeout, sync_playwright
@@ -54,7 +56,7 @@ def open_report(browser, report: Path, n_plots: int, screenshot: Path) -> list:
     return plots
 
 
-N_PLOTS = 11  # 2 cells x (heatmap, margins, trajectories, atlas), loss, collapse, accuracy
+N_PLOTS = 11  # 2 cells x (heatmap, margins, trajectories, atlas), loss, collapse, accuracy (a search: no feature map)
 
 # As Plotly drew them: per heatmap and per atlas, the colour range and the data's min and max; per trajectory
 # subplot, the y range and the data's min and max.
@@ -94,9 +96,49 @@ def check_scales(page, ratio: float=5.0) -> list:
     return drawn
 
 
+# Per feature map drawn: its title, its subplots' titles, its traces, and the markers drawn in the page's SVG.
+FEATURE_MAP_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+    .filter(el => ((el._fullLayout.title && el._fullLayout.title.text) || '').startsWith('feature map'))
+    .map(el => ({title: el._fullLayout.title.text, subplots: (el._fullLayout.annotations || []).map(a => a.text),
+                 traces: el._fullData.map(t => ({type: t.type, mode: t.mode, name: t.name, n: t.x.length, legend: t.showlegend})),
+                 markers: el.querySelectorAll('.scatterlayer .point').length}))"""
+
+
 def test_report_renders(tmp_path, browser):
-    with MetricsWriter(tmp_path / 'metrics.jsonl') as w: write_demo_run(w, epochs=2, steps_per_epoch=50)
-    open_report(browser, write_report(tmp_path), N_PLOTS, tmp_path / 'report.png')
+    "The demo search's figures, and a feature map of 3 classes: its two maps drawn with every point, a legend entry per class."
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(30)
+    fmap = feature_map(torch.randn(3, 16, generator=g)[labels] * 3 + torch.randn(90, 16, generator=g), labels, max_points=60)
+    with MetricsWriter(tmp_path / 'metrics.jsonl') as w:
+        write_demo_run(w, epochs=2, steps_per_epoch=50)
+        w.log('feature_map', step=100, epoch=2, **feature_map_record(fmap, ['cat', 'dog', 'owl'], images=90))
+    report = write_report(tmp_path)
+    open_report(browser, report, N_PLOTS + 1, tmp_path / 'report.png')
+    page = browser.new_page(viewport=dict(width=1300, height=1000))
+    page.goto(report.as_uri())
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {N_PLOTS + 1}", timeout=30_000)
+    [drawn] = page.evaluate(FEATURE_MAP_JS)
+    assert drawn['title'].startswith('feature map: 60 of 90 held-out images (val), by label'), drawn
+    assert drawn['subplots'][0].startswith('PCA (') and drawn['subplots'][1] == 't-SNE (perplexity 19.7)', drawn
+    assert [(t['type'], t['mode'], t['name'], t['legend']) for t in drawn['traces']] == \
+        [('scatter', 'markers', name, first) for first in (True, False) for name in ('cat', 'dog', 'owl')], drawn
+    assert [t['n'] for t in drawn['traces']] == [20] * 6 and drawn['markers'] == 120, drawn  # every point of both maps is on the page
+
+
+def test_report_of_a_real_pretraining_draws_its_feature_map(tmp_path, browser, digits):
+    "A short digits pretraining: its report's last figure is the map of its 40 held-out images, both maps drawn with every point."
+    small = dataclasses.replace(digits, train_images=digits.train_images[:400], train_labels=digits.train_labels[:400])
+    pretrain(out=tmp_path / 'pre', epochs=1, batch_size=128, dataset='digits', backbone='resnet_mini', device='cpu', precision='fp32',
+             knn_k=20, progress=False, data=small)
+    page = browser.new_page(viewport=dict(width=1300, height=1000))
+    page.route(lambda url: not url.startswith('file:'), lambda route: route.abort())
+    page.goto((tmp_path / 'pre' / 'report.html').as_uri())
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=30_000)  # loss, collapse, accuracy, map
+    [drawn] = page.evaluate(FEATURE_MAP_JS)
+    page.screenshot(path=tmp_path / 'pretrain_report.png', full_page=True)
+    assert drawn['title'].startswith('feature map: 40 held-out images (val), by label')  # all of them: under the cap, drawn
+    assert [t['name'] for t in drawn['traces']] == [str(k) for k in range(10)] * 2, drawn  # a legend entry per digit
+    assert sum(t['n'] for t in drawn['traces']) == 80 and drawn['markers'] == 80, drawn
 
 
 @pytest.mark.slow

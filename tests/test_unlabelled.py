@@ -58,12 +58,23 @@ def test_pretrain_streamed_with_eval_dir_measures_on_it(folders, tmp_path):
                          '--loader-workers', '0', '--out', run)
     assert code == 0, err
     assert UNLABELLED_NOTE not in out
-    epochs = [r for r in read_metrics(run / 'metrics.jsonl') if r['kind'] == 'epoch']
+    records = read_metrics(run / 'metrics.jsonl')
+    epochs = [r for r in records if r['kind'] == 'epoch']
     assert 0 <= epochs[-1]['val_knn_top1'] <= 100
+    [fmap] = [r for r in records if r['kind'] == 'feature_map']  # drawn from the eval folder's held-out images, with its class names
+    assert (fmap['classes'], fmap['points'], sorted(fmap['labels'])) == (['dark', 'light'], 4, [0, 0, 1, 1]), fmap
     assert load_checkpoint(run / 'best.pt')['val_knn_top1'] == epochs[-1]['val_knn_top1']
     code, out, err = cli('evaluate', '--run', run, '--k', '5')
     res = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and res['protocol'] == 'knn' and 0 <= res['top1'] <= 100 and res['top5'] == 100.0  # 2 classes: top-5 holds all
+
+
+def test_pretrain_without_eval_dir_has_no_feature_map_and_says_so(folders, tmp_path):
+    flat, _ = folders
+    code, out, err = cli('pretrain', '--standard', *FLAGS, '--data-dir', flat, '--out', tmp_path / 'pretrain')
+    assert code == 0, err
+    assert out.count("feature map: none, the run's images carry no labels") == 1
+    assert not any(r['kind'] == 'feature_map' for r in read_metrics(tmp_path / 'pretrain' / 'metrics.jsonl'))
 
 
 def test_unlabelled_flag_ignores_the_class_folders(folders):
