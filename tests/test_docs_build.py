@@ -15,7 +15,7 @@ def test_an_api_entry_has_the_signature_docstring_and_docments_table():
     assert '<h3 id="tracker_hooks"' in md and 'tracker_hooks(' in md  # the anchor the API links point at, the signature
     assert '*before anything is written' not in md and 'before anything is written' in md  # the docstring, as text
     assert '| <code>out</code> | str &#124; pathlib.Path |  | the run directory |' in md  # a row; its | escaped
-    assert '| <code>wandb</code> | bool | <code>False</code> |  |' in md
+    assert '| <code>wandb</code> | bool | <code>False</code> | a W&amp;B run |' in md or '| <code>wandb</code> | bool | <code>False</code> | a W&B run |' in md
     assert '|---|---|---|---|' not in build.api_entry(genotype_lines)  # no docments: no table
     assert 'blob/main/nasiam/trackers.py#L' in md  # the source link has the line
 
