@@ -26,7 +26,7 @@ EVENTS = ('before_fit', 'before_epoch', 'before_step', 'after_step', 'after_epoc
 
 # %% ../nbs/07e_hooks.ipynb #c007
 class StopRun(Exception):
-    "Raised by a hook to end the run after the current step: a checkpoint is written and the run completes as stopped."
+    "Raised by a hook to end the run after the current step (on an epoch's last step, after the epoch's end): a checkpoint is written and the run completes as stopped."
 
 class NonFiniteLoss(RuntimeError):
     "A loss, gradient, alpha or weight that is not finite: the run stops and keeps its last good checkpoint."

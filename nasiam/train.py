@@ -359,12 +359,18 @@ def _epoch(self:Run):
             for _ in range(c.arch_steps): arch_loss, norm = self.arch_step(next(self.arch_batches), batch, measure)
         out = self.weight_step(batch)
         self.step += 1; bar.update()
-        self._after_step(out, arch_loss, norm, losses, bar)
-        if self.checkpoint_requested or (self._due(c.checkpoint_every) and self.data.weight_stream.position < self.steps_per_epoch): self.save()
-        if self.stop_requested: raise StopRun('stop requested')
+        try: self._after_step(out, arch_loss, norm, losses, bar)
+        except StopRun as e: self.stop_requested = str(e) or True  # a hook's stop is a request: on an epoch's last step, after the epoch's end
+        if self.data.weight_stream.position == self.steps_per_epoch: continue  # the epoch's last step: its end comes first (a checkpoint, a stop)
+        if self.checkpoint_requested or self._due(c.checkpoint_every): self.save()
+        if self.stop_requested: raise self._stop_run()
     bar.close()
     self.epoch += 1
-    self._end_epoch(time.time() - t0, losses)
+    self._end_epoch(time.time() - t0, losses)  # saves checkpoint.pt
+    if self.stop_requested and self.epoch < c.epochs: raise self._stop_run()  # a stop at the last step of the last epoch: the run is done
+
+@patch
+def _stop_run(self:Run) -> StopRun: return StopRun(self.stop_requested if isinstance(self.stop_requested, str) else 'stop requested')
 
 # %% ../nbs/08_train.ipynb #c029
 @patch

@@ -4,7 +4,7 @@ import pytest
 import torch
 from nasiam.background import start_search
 from nasiam.dashboard import Dashboard
-from nasiam.hooks import Hook
+from nasiam.hooks import Hook, StopRun
 from nasiam.runs import run_summary
 from nasiam.train import load_checkpoint
 
@@ -13,7 +13,7 @@ FAST = dict(dataset='digits', backbone='resnet_mini', batch_size=64, epochs=2, k
 
 
 class StopAt(Hook):
-    "Stops the run after step `n`, or raises there."
+    "Stops the run after step `n` (a request, as the dashboard's button), or raises `error` there."
     def __init__(self, n, error=None): self.n, self.error = n, error
     def after_step(self, run, step):
         if run.step == self.n:
@@ -97,10 +97,12 @@ def test_dashboard_buttons_checkpoint_and_stop_a_run(tmp_path, digits):
     assert run_summary(tmp_path / 'run')['status'] == 'stopped'
 
 
-def test_resume_after_stop_matches_an_uninterrupted_run(tmp_path, digits):
+@pytest.mark.parametrize('at,stop', [(7, None), (5, None), (5, StopRun('enough'))], ids=['mid-epoch', 'epoch-end', 'epoch-end-hook'])
+def test_resume_after_stop_matches_an_uninterrupted_run(tmp_path, digits, at, stop):
     whole = start_search(out=tmp_path / 'whole', data=digits, progress=False, **FAST).wait(300)
-    h = start_search(out=tmp_path / 'parts', data=digits, progress=False, hooks=[StopAt(7)], **FAST)
-    assert 'stopped' in h.wait(300) and h.run.step == 7
+    h = start_search(out=tmp_path / 'parts', data=digits, progress=False, hooks=[StopAt(at, stop)], **FAST)
+    assert h.wait(300)['stopped'] == (str(stop) if stop else 'stop requested') and h.run.step == at and h.run.steps_per_epoch == 5  # 5: the first epoch's last step
+    assert load_checkpoint(tmp_path / 'parts' / 'checkpoint.pt')['epoch'] == at // 5  # an epoch's last step: the stop follows its end
     resumed = start_search(out=tmp_path / 'parts', data=digits, progress=False, resume=True, **FAST).wait(300)
     assert resumed['steps'] == whole['steps']
     a, b = alphas(tmp_path / 'whole'), alphas(tmp_path / 'parts')
