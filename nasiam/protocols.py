@@ -7,14 +7,14 @@ __all__ = ['PROTOCOLS', 'ProtocolRecipe', 'crop_flip', 'train_classifier', 'eval
 
 # %% ../nbs/06b_protocols.ipynb #b30e5e10
 import copy, math, time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .augment import TwoViewAugment
 from .checks import check_choice, check_int, check_number
-from .evaluate import eval_mode, extract_features, topk_accuracy
+from .evaluate import extract_features, topk_accuracy
 
 # %% ../nbs/06b_protocols.ipynb #7743ab6d
 @dataclass(frozen=True)

@@ -7,12 +7,11 @@ __all__ = ['COLUMNS', 'find_runs', 'load_history', 'run_summary', 'sort_rows', '
            'arms_rows']
 
 # %% ../nbs/07g_runs.ipynb #cc45c4c7
-import datetime, html, math, time
+import datetime, html, time
 from pathlib import Path
 
 from fastcore.basics import patch
 
-from .checks import check_choice
 from .dashboard import Dashboard, history_state
 from .figures import overlay_figures
 from .records import RunHistory, layer_status, read_metrics
