@@ -172,6 +172,7 @@ class Dashboard:
         self.live, self.every_steps, self.every_seconds = live, every_steps, every_seconds
         self.history = history or RunHistory()
         self.widgets, self.stamps, self.drawn, self.box, self.genotype_html = {}, {}, [], None, None
+        self.slots = {} # figure name -> the VBox that holds its widget: a replaced figure re-renders only its own slot
         self.pending, self.last_refresh, self.refreshes, self.busy, self.refresh_seconds = 0, time.monotonic(), 0, busy, 0.0
         self.refresh_total, self.created = 0.0, time.monotonic() # all refreshes' seconds, against the dashboard's age (`elapsed`)
         self.pace = collections.deque(maxlen=20) # (step, time) of the latest step records: images/s and time left
@@ -209,9 +210,13 @@ class Dashboard:
             self.genotype_html.value = _status_html(self.history)
             self.status_line.value = status_html(self.status(), self.note)
             makers = figure_makers(self.history, self.alpha_scale, self.trajectory_scale)
-            self.drawn, added = _update_widgets(self.widgets, self.stamps, makers)
+            self.drawn, _ = _update_widgets(self.widgets, self.stamps, makers)
             header = [self.status_line, *([self.controls] if self.controls else []), self.genotype_html]
-            if added or list(self.box.children[:len(header)]) != header: self.box.children = [*header, *(self.widgets[name] for name in makers)]
+            for name in makers:  # a figure whose traces changed gets a new widget in its slot; the other views are kept
+                if name not in self.slots: self.slots[name] = W.VBox([self.widgets[name]])
+                elif self.slots[name].children[0] is not self.widgets[name]: self.slots[name].children = [self.widgets[name]]
+            children = [*header, *(self.slots[name] for name in makers)]
+            if list(self.box.children) != children: self.box.children = children
             self.pending, self.last_refresh, self.refreshes, self.refresh_seconds = 0, time.monotonic(), self.refreshes + 1, time.monotonic() - t
             self.refresh_total += self.refresh_seconds
 
