@@ -201,24 +201,26 @@ class Dashboard:
     @property
     def elapsed(self) -> float: return time.monotonic() - self.created # seconds since the dashboard was made
 
-    def refresh(self):
-        "Bring the widgets up to date with the records seen so far."
-        import ipywidgets as W
-        t = time.monotonic()
-        with self._lock:
-            if self.box is None: self.genotype_html, self.status_line = W.HTML(), W.HTML(); self.box = W.VBox([])
-            self.genotype_html.value = _status_html(self.history)
-            self.status_line.value = status_html(self.status(), self.note)
-            makers = figure_makers(self.history, self.alpha_scale, self.trajectory_scale)
-            self.drawn, _ = _update_widgets(self.widgets, self.stamps, makers)
-            header = [self.status_line, *([self.controls] if self.controls else []), self.genotype_html]
-            for name in makers:  # a figure whose traces changed gets a new widget in its slot; the other views are kept
-                if name not in self.slots: self.slots[name] = W.VBox([self.widgets[name]])
-                elif self.slots[name].children[0] is not self.widgets[name]: self.slots[name].children = [self.widgets[name]]
-            children = [*header, *(self.slots[name] for name in makers)]
-            if list(self.box.children) != children: self.box.children = children
-            self.pending, self.last_refresh, self.refreshes, self.refresh_seconds = 0, time.monotonic(), self.refreshes + 1, time.monotonic() - t
-            self.refresh_total += self.refresh_seconds
+# %% ../nbs/07c_dashboard.ipynb #c021b
+@patch
+def refresh(self:Dashboard):
+    "Bring the widgets up to date with the records seen so far."
+    import ipywidgets as W
+    t = time.monotonic()
+    with self._lock:
+        if self.box is None: self.genotype_html, self.status_line = W.HTML(), W.HTML(); self.box = W.VBox([])
+        self.genotype_html.value = _status_html(self.history)
+        self.status_line.value = status_html(self.status(), self.note)
+        makers = figure_makers(self.history, self.alpha_scale, self.trajectory_scale)
+        self.drawn, _ = _update_widgets(self.widgets, self.stamps, makers)
+        header = [self.status_line, *([self.controls] if self.controls else []), self.genotype_html]
+        for name in makers:  # a figure whose traces changed gets a new widget in its slot; the other views are kept
+            if name not in self.slots: self.slots[name] = W.VBox([self.widgets[name]])
+            elif self.slots[name].children[0] is not self.widgets[name]: self.slots[name].children = [self.widgets[name]]
+        children = [*header, *(self.slots[name] for name in makers)]
+        if list(self.box.children) != children: self.box.children = children
+        self.pending, self.last_refresh, self.refreshes, self.refresh_seconds = 0, time.monotonic(), self.refreshes + 1, time.monotonic() - t
+        self.refresh_total += self.refresh_seconds
 
 # %% ../nbs/07c_dashboard.ipynb #4133f47a
 @patch
