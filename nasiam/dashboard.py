@@ -52,16 +52,16 @@ def _sync(widget: go.FigureWidget, fig: go.Figure):
 def _update_widgets(widgets: dict, # figure name -> FigureWidget, updated in place and added to
                     stamps: dict, # figure name -> the stamp it was last drawn at, updated
                     makers: dict, # figure name -> (stamp, draw), as `figure_makers` returns
-                   ) -> tuple[list[str], bool]:
-    "Redraw the figures whose stamp changed; returns the names drawn, and whether a widget was created (a new figure, or its traces changed)."
-    drawn, added = [], False
+                   ) -> list[str]:
+    "Redraw the figures whose stamp changed (a new widget for a new figure, or one whose traces changed); returns the names drawn."
+    drawn = []
     for name, (stamp, draw) in makers.items():
         if name in widgets and stamps.get(name) == stamp: continue  # no new records for this figure
         fig, stamps[name] = draw(), stamp
         drawn.append(name)
         if name in widgets and _same_traces(widgets[name], fig): _sync(widgets[name], fig)
-        else: widgets[name], added = go.FigureWidget(fig), True
-    return drawn, added
+        else: widgets[name] = go.FigureWidget(fig)
+    return drawn
 
 # %% ../nbs/07c_dashboard.ipynb #c014
 def follow_run(run_dir: str|Path, # run folder whose metrics.jsonl another process writes
@@ -212,7 +212,7 @@ def refresh(self:Dashboard):
         self.genotype_html.value = _status_html(self.history)
         self.status_line.value = status_html(self.status(), self.note)
         makers = figure_makers(self.history, self.alpha_scale, self.trajectory_scale)
-        self.drawn, _ = _update_widgets(self.widgets, self.stamps, makers)
+        self.drawn = _update_widgets(self.widgets, self.stamps, makers)
         header = [self.status_line, *([self.controls] if self.controls else []), self.genotype_html]
         for name in makers:  # a figure whose traces changed gets a new widget in its slot; the other views are kept
             if name not in self.slots: self.slots[name] = W.VBox([self.widgets[name]])

@@ -329,7 +329,9 @@ def fit(self:Run) -> dict:
     self._event('before_fit')
     try:
         try:
-            while self.epoch < self.c.epochs: self._epoch()
+            while self.epoch < self.c.epochs:
+                self._epoch()
+                if self.stop_requested and self.epoch < self.c.epochs: return self.finish(self._stop_reason())  # on an epoch's last step: its end wrote the checkpoint
         except StopRun as e: self.save(); return self.finish(str(e) or 'stop requested')
         return self.finish()
     except BaseException as e:  # the records so far and a 'failed' event reach the file and the sinks; the run's own error is the one raised
@@ -363,14 +365,13 @@ def _epoch(self:Run):
         except StopRun as e: self.stop_requested = str(e) or True  # a hook's stop is a request: on an epoch's last step, after the epoch's end
         if self.data.weight_stream.position == self.steps_per_epoch: continue  # the epoch's last step: its end comes first (a checkpoint, a stop)
         if self.checkpoint_requested or self._due(c.checkpoint_every): self.save()
-        if self.stop_requested: raise self._stop_run()
+        if self.stop_requested: raise StopRun(self._stop_reason())
     bar.close()
     self.epoch += 1
-    self._end_epoch(time.time() - t0, losses)  # saves checkpoint.pt
-    if self.stop_requested and self.epoch < c.epochs: raise self._stop_run()  # a stop at the last step of the last epoch: the run is done
+    self._end_epoch(time.time() - t0, losses)  # saves checkpoint.pt; a stop asked on this last step follows in `fit`
 
 @patch
-def _stop_run(self:Run) -> StopRun: return StopRun(self.stop_requested if isinstance(self.stop_requested, str) else 'stop requested')
+def _stop_reason(self:Run) -> str: return self.stop_requested if isinstance(self.stop_requested, str) else 'stop requested'
 
 # %% ../nbs/08_train.ipynb #c029
 @patch
