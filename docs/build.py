@@ -236,6 +236,19 @@ def localise(body: str, src_nb: Path, pages: dict[str, str], out: Path) -> str:
         return m.group(1) + html.escape(path + ('#' + frag if frag else ''), quote=True) + m.group(3)
     return _re_attr.sub(fix, body)
 
+_re_heading = re.compile(r'<h([1-6]) id="([^"]+)">(.*?)</h\1>', re.S)
+
+def heading_ids(body: str) -> str:
+    "Headings get the ids GitHub and Quarto give them (lower case, punctuation dropped, `-1` on a repeat), so that a link to `page.ipynb#a-heading` lands."
+    seen = {}
+    def fix(m):
+        level, old, inner = m.groups()
+        slug = re.sub(r'[^\w\- ]', '', html.unescape(old).lower()).replace(' ', '-')
+        n = seen.get(slug, 0); seen[slug] = n + 1
+        if n: slug = f'{slug}-{n}'
+        return f'<h{level} id="{slug}">' + inner.replace(f'href="#{old}"', f'href="#{slug}"') + f'</h{level}>'
+    return _re_heading.sub(fix, body)
+
 def main():
     os.chdir(REPO)  # nbdev's processors read settings.ini from the working directory
     nbs = sorted(CFG.nbs_path.glob('*.ipynb'))
@@ -252,7 +265,7 @@ def main():
         cells = [dict(c, id=f"c{i}") for i, c in enumerate(cells)]
         nb = from_dict(dict(nbformat=4, nbformat_minor=5, metadata={'language_info': {'name': 'python'}}, cells=cells))
         body, _ = exporter.from_notebook_node(nb)
-        body = localise(body, p, pages, OUT)
+        body = localise(heading_ids(body), p, pages, OUT)
         (OUT / pages[p.stem]).write_text(page(fm.get('title') or p.stem, fm.get('description', ''), body, nav, pages[p.stem]))
     print(f"docs/build.py built {OUT.relative_to(REPO)}/ without Quarto (nbdev's doc processors and nbconvert): "
           f"{len(done)} pages from {CFG.nbs_path.relative_to(REPO)}/")

@@ -227,6 +227,7 @@ def _add_evaluate(sub):
     e.add_argument('--epochs', type=_positive_int, default=None, help="linear probe epochs (default 100; 90 above 64 px, the ImageNet protocol of SimSiam, Chen & He 2021; linear-augmented 90, finetune 30)")
     e.add_argument('--batch-size', type=_positive_int, default=None, help='linear-augmented, finetune: images per step (default 256; the lr scales with it)')
     e.add_argument('--device', default='auto')
+    e.add_argument('--no-progress', action='store_true', help='linear-augmented, finetune: no progress bar over the epochs')
 
 def _add_report(sub):
     "Add `report`: a run's standalone HTML report."
@@ -281,7 +282,7 @@ def main(argv=None) -> int:
                       f"(not significant against the sign-flip null at --decision-level, or not held: the gradients showed no consistent "
                       f"direction; search longer, on more data)", file=sys.stderr)
         elif a.command == 'evaluate' and a.protocol in PROTOCOLS:
-            print(json.dumps(evaluate_protocol(a.run, a.protocol, a.checkpoint, a.device, a.epochs, a.batch_size)))
+            print(json.dumps(evaluate_protocol(a.run, a.protocol, a.checkpoint, a.device, a.epochs, a.batch_size, progress=not a.no_progress)))
         elif a.command == 'evaluate':
             print(json.dumps(evaluate_run(a.run, a.protocol, a.checkpoint, a.device, a.k, a.epochs)))
         elif a.command == 'report': print(write_report(a.run))

@@ -219,8 +219,13 @@ def refresh(self:Dashboard):
             elif self.slots[name].children[0] is not self.widgets[name]: self.slots[name].children = [self.widgets[name]]
         children = [*header, *(self.slots[name] for name in makers)]
         if list(self.box.children) != children: self.box.children = children
-        self.pending, self.last_refresh, self.refreshes, self.refresh_seconds = 0, time.monotonic(), self.refreshes + 1, time.monotonic() - t
-        self.refresh_total += self.refresh_seconds
+        self._refreshed(t)
+
+@patch
+def _refreshed(self:Dashboard, t:float):
+    "Count a refresh begun at monotonic time `t`: nothing pending, its time in the share `busy` bounds."
+    self.pending, self.last_refresh, self.refreshes, self.refresh_seconds = 0, time.monotonic(), self.refreshes + 1, time.monotonic() - t
+    self.refresh_total += self.refresh_seconds
 
 # %% ../nbs/07c_dashboard.ipynb #4133f47a
 @patch

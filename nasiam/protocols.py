@@ -55,7 +55,9 @@ def train_classifier(backbone:nn.Module, # pooled features out, with `feat_dim` 
                      batch_size:int|None=None, # default 256
                      lr:float|None=None, # the classifier's lr per 256 images; default: the recipe's
                      seed:int=0, # seeds the initialisation, the order and the crops
-                     device='cpu') -> dict:
+                     device='cpu',
+                     progress:bool=False, # a tqdm bar over the epochs, with the last batch's loss
+                    ) -> dict:
     "Test top-1/top-5 (percent) of a classifier trained on crops and flips of the training images, by `protocol`'s recipe."
     _check(protocol, epochs, batch_size, lr)
     r, t0 = PROTOCOLS[protocol], time.time()
@@ -72,6 +74,10 @@ def train_classifier(backbone:nn.Module, # pooled features out, with `feat_dim` 
     base = [grp['lr'] for grp in opt.param_groups]
     aug, aug_gen = crop_flip(data.image_size, data.mean, data.std, r.scale), torch.Generator(device=device).manual_seed(seed)
     images, labels = data.train_images, data.train_labels.long()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=epochs, desc=protocol, unit='epoch')
     for epoch in range(epochs):
         _cosine_lr(opt, base, epoch, epochs)
         net.train(tune)  # linear-augmented: eval mode throughout, the BatchNorm statistics as pretrained
@@ -83,6 +89,8 @@ def train_classifier(backbone:nn.Module, # pooled features out, with `feat_dim` 
             with torch.set_grad_enabled(tune): f = net(x)
             loss = F.cross_entropy(head(f.float()), labels[idx].to(device))
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        if bar is not None: bar.set_postfix(loss=f'{loss.item():.3f}'); bar.update()
+    if bar is not None: bar.close()
     feats = extract_features(net, data.test_images, data.mean, data.std, device=device)  # in eval mode
     with torch.no_grad(): top1, top5 = topk_accuracy(head(feats.to(device)), data.test_labels.to(device), (1, 5))
     return dict(top1=top1, top5=top5, epochs=epochs, batch_size=batch_size, lr=head_lr, seconds=time.time() - t0)
@@ -92,7 +100,9 @@ def evaluate_protocol(run:str|Path, # a run directory
                       protocol:str='linear-augmented', # a name in PROTOCOLS
                       which:str='final', # 'final' (checkpoint.pt) or 'best' (best.pt)
                       device:str='auto', epochs:int|None=None, batch_size:int|None=None, lr:float|None=None,
-                      data=None) -> dict: # an ImageData; default: the run's dataset
+                      data=None, # an ImageData; default: the run's dataset
+                      progress:bool=False, # a tqdm bar over the epochs
+                     ) -> dict:
     "Evaluate a run's backbone by `protocol`; the result is logged to its metrics.jsonl (the checkpoints are only read)."
     from nasiam.train import load_checkpoint, model_from_checkpoint, resolve_device, _evaluation_data
     from nasiam.config import RunConfig
@@ -107,7 +117,7 @@ def evaluate_protocol(run:str|Path, # a run directory
     data = data if data is not None else _evaluation_data(c)
     if isinstance(data, ImageFiles):
         raise ValueError(f"protocol {protocol!r} is not accepted for {str(run)!r}: its folder is read from disk in batches and these protocols need it in memory; use --protocol linear or knn")
-    res = train_classifier(model_from_checkpoint(ck, dev).backbone, data, protocol, epochs, batch_size, lr, c.seed, dev)
+    res = train_classifier(model_from_checkpoint(ck, dev).backbone, data, protocol, epochs, batch_size, lr, c.seed, dev, progress)
     res = dict(protocol=protocol, split='test', checkpoint=which, **res)
     with MetricsWriter(run / 'metrics.jsonl') as w: w.log('eval', step=ck.get('step', 0), epoch=ck.get('epoch', 0), **res)
     write_report(run)

@@ -105,8 +105,7 @@ class _SlowRefresh(Dashboard):
     "A live dashboard whose refresh takes 20 ms and draws nothing: only the pacing of `on_records` is under test."
     def refresh(self):
         t = time.monotonic(); time.sleep(0.02)
-        self.pending, self.last_refresh, self.refreshes = 0, time.monotonic(), self.refreshes + 1
-        self.refresh_seconds = time.monotonic() - t; self.refresh_total += self.refresh_seconds
+        self._refreshed(t)
 
 
 @pytest.mark.parametrize('busy', [None, 0.2])

@@ -2,7 +2,7 @@
 links and images, and an API page whose entries come from the docments. Without Quarto `make docs` builds it with
 docs/build.py (nbdev's doc processors and nbconvert), with Quarto on PATH with nbdev_docs; the test checks whichever
 ran. Needs Chromium and playwright; skipped, saying which is missing, without them."""
-import shutil, subprocess, sys
+import html, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -25,6 +25,19 @@ def site(tmp_path_factory) -> Path:
     assert (copy / 'README.md').read_text() == readme  # the README stays the project's own
     assert {q: q.read_bytes() for q in (copy / 'nbs').rglob('*.ipynb')} == nbs  # the notebooks are left as they were
     return copy / '_docs'
+
+
+def test_every_link_between_the_pages_lands(site):
+    "Each link from a page to a page, or to a heading or an API entry on one, finds its target (README and notebook links included)."
+    ids = {p.name: set(map(html.unescape, re.findall(r'\bid="([^"]+)"', p.read_text()))) for p in site.glob('*.html')}
+    broken = []
+    for p in site.glob('*.html'):
+        for href in map(html.unescape, re.findall(r'href="([^"]+)"', p.read_text())):
+            path, _, frag = href.partition('#')
+            if re.match(r'^[a-z][a-z0-9+.-]*:', href) or not (path or frag).strip() or not (path or p.name).endswith('.html'): continue
+            target = path or p.name
+            if target not in ids or (frag and frag not in ids[target]): broken.append(f'{p.name} -> {href}')
+    assert not broken, broken
 
 
 def offline_page(browser):

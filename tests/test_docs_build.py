@@ -44,3 +44,14 @@ def test_a_show_doc_of_a_name_the_module_lacks_is_refused_naming_it(tmp_path, mo
     (tmp_path / '01_page.ipynb').write_text(json.dumps(nb))
     with pytest.raises(RuntimeError, match=r'01_page.ipynb: `show_doc\(no_such_name\)` could not be rendered'):
         build.process(tmp_path / '01_page.ipynb')
+
+
+def test_headings_get_the_ids_links_to_them_use():
+    "A README or notebook link to `page.ipynb#is-the-searchs-answer-real` lands: GitHub's and Quarto's ids, a repeat numbered."
+    h = lambda t, i: f'<h2 id="{i}">{t}<a class="anchor-link" href="#{i}">¶</a></h2>'
+    body = h("Is the search's answer real?", "Is-the-search's-answer-real?") + h('Weights &amp; Biases', 'Weights-&amp;-Biases') + h('RunData', 'RunData') * 2
+    out = build.heading_ids(body + '<h3 id="rundata.views" class="doc-name"><a href="#rundata.views">RunData.views</a></h3>')
+    assert h("Is the search's answer real?", 'is-the-searchs-answer-real') in out
+    assert h('Weights &amp; Biases', 'weights--biases') in out
+    assert h('RunData', 'rundata') + h('RunData', 'rundata-1') in out
+    assert '<h3 id="rundata.views" class="doc-name">' in out  # an API entry keeps the anchor its links point at

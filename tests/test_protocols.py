@@ -26,13 +26,14 @@ def _hashes(run):
 
 @pytest.mark.slow
 def test_augmented_probe_and_finetune(tmp_path):
-    "linear-augmented for 2 epochs and finetune for 1: top-1/top-5 printed and logged to metrics.jsonl, checkpoints byte for byte as before."
+    "linear-augmented for 2 epochs (its progress bar on stderr) and finetune for 1 (`--no-progress`): top-1/top-5 printed and logged to metrics.jsonl, checkpoints byte for byte as before."
     run = tmp_path / 'run'
     pretrain(out=run, data=_digits(100), **KW)
     before = _hashes(run)
-    for protocol, epochs in (('linear-augmented', 2), ('finetune', 1)):
-        code, out, err = cli('evaluate', '--run', run, '--protocol', protocol, '--epochs', epochs, '--batch-size', 128, '--device', 'cpu')
+    for protocol, epochs, quiet in (('linear-augmented', 2, ()), ('finetune', 1, ('--no-progress',))):
+        code, out, err = cli('evaluate', '--run', run, '--protocol', protocol, '--epochs', epochs, '--batch-size', 128, '--device', 'cpu', *quiet)
         assert code == 0, err
+        assert (f'{protocol}: 100%' in err and f'{epochs}/{epochs}' in err and 'loss=' in err) != bool(quiet), err  # the bar over the epochs, unless --no-progress
         res = json.loads(out.strip().splitlines()[-1])
         assert res['protocol'] == protocol and res['epochs'] == epochs and 0 <= res['top1'] <= res['top5'] <= 100, res
         assert res['lr'] == pytest.approx((30.0 if protocol == 'linear-augmented' else 0.1) * 128 / 256)
