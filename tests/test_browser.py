@@ -199,6 +199,9 @@ def jupyter_lab(tmp_path_factory):
     "One JupyterLab server on 127.0.0.1 for the module's checks, serving a folder; yields (base url, token, that folder)."
     tmp_path = tmp_path_factory.mktemp('jupyterlab')
     (tmp_path / 'lab').mkdir()
+    notification = tmp_path / '.lab-settings' / '@jupyterlab' / 'apputils-extension' / 'notification.jupyterlab-settings'
+    notification.parent.mkdir(parents=True)
+    notification.write_text(json.dumps(dict(fetchNews='false', checkForUpdates=False)))  # no "notified about Jupyter news?" toast over the page
     port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / '.lab-settings'),
