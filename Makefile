@@ -15,7 +15,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/nasiam run nbs/experiments/quickstart.ipynb --out runs/quickstart
 
 # Two tiers. `make test`: nasiam/ against nbs/, the notebooks' examples and every test not marked slow, within minutes.
-# `make test-slow`: the tests marked slow (real runs: CIFAR-10 photos, collapse, JupyterLab in a browser, sweeps, torchrun).
+# `make test-slow`: the notebooks with their `#| slow` cells, and the tests marked slow (real runs: CIFAR-10 photos, collapse, JupyterLab in a browser, sweeps, torchrun).
 # CI (.ci/run) runs both. Both print their 15 slowest tests.
 # `make test PYTEST_WORKERS=2` spreads pytest over pytest-xdist workers (tests/conftest.py gives each its share of the cores).
 PYTEST_WORKERS ?=
@@ -24,10 +24,11 @@ PYTEST_ARGS := -q -ra --durations=15 $(if $(PYTEST_WORKERS),-n $(PYTEST_WORKERS)
 test: $(VENV)/.installed
 	$(VENV)/bin/nbdev_export
 	@test -z "$$(git status --porcelain -- nasiam)" || { git status --short -- nasiam; echo "nasiam/ differs from what nbs/ exports: run nbdev_export and commit"; exit 1; }
-	$(VENV)/bin/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers 2   # two notebooks at a time, a thread each: two kernels on both cores thrash (4 min against 35 s)
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev_test --n_workers 2 --flags slow   # the notebooks again, their cells flagged slow included
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 export: $(VENV)/.installed
