@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from .augment import TwoViewAugment
 from .checks import check_choice, check_int, check_number
 from .evaluate import extract_features, topk_accuracy
@@ -74,10 +75,7 @@ def train_classifier(backbone:nn.Module, # pooled features out, with `feat_dim` 
     base = [grp['lr'] for grp in opt.param_groups]
     aug, aug_gen = crop_flip(data.image_size, data.mean, data.std, r.scale), torch.Generator(device=device).manual_seed(seed)
     images, labels = data.train_images, data.train_labels.long()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, desc=protocol, unit='epoch')
+    bar = tqdm(total=epochs, desc=protocol, unit='epoch', disable=not progress)
     for epoch in range(epochs):
         _cosine_lr(opt, base, epoch, epochs)
         net.train(tune)  # linear-augmented: eval mode throughout, the BatchNorm statistics as pretrained
@@ -89,8 +87,9 @@ def train_classifier(backbone:nn.Module, # pooled features out, with `feat_dim` 
             with torch.set_grad_enabled(tune): f = net(x)
             loss = F.cross_entropy(head(f.float()), labels[idx].to(device))
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        if bar is not None: bar.set_postfix(loss=f'{loss.item():.3f}'); bar.update()
-    if bar is not None: bar.close()
+        if progress: bar.set_postfix(loss=f'{loss.item():.3f}')
+        bar.update()
+    bar.close()
     feats = extract_features(net, data.test_images, data.mean, data.std, device=device)  # in eval mode
     with torch.no_grad(): top1, top5 = topk_accuracy(head(feats.to(device)), data.test_labels.to(device), (1, 5))
     return dict(top1=top1, top5=top5, epochs=epochs, batch_size=batch_size, lr=head_lr, seconds=time.time() - t0)
